@@ -1,0 +1,9 @@
+"""pxpo-lite: reinforcement learning on diffusion models — DDPO and pixel-wise PXPO — as tutorials.
+
+Start with ``notebooks/00_tour.ipynb``. The package holds the code each notebook would
+otherwise repeat; each module's docstring names the notebook that introduces it.
+"""
+from . import world
+from .models import load_segmenter, load_tiny_pipeline, build_tiny_pipeline
+
+__version__ = "0.1.0"
