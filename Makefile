@@ -1,0 +1,49 @@
+# pxpo-lite: every target sets up what it needs first (see scripts/setup.sh).
+#   make lab      set up, then open the tutorials in JupyterLab
+#   make test     set up (incl. headless Chromium), then run every test (unit, notebooks in smoke mode, browser)
+#   make run      set up, then execute every notebook headless (full mode) into executed/, figures kept
+#   make smoke    the same in smoke mode (SMOKE=True), fast
+#   make pretrain rebuild the shipped weights (segmenter ~2 min, tiny diffusion model ~45 min on 2 cores)
+#   make bench    run the benchmarks and write benchmarks/results/*.json
+#   make strip    strip outputs from the notebooks before committing
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+
+.PHONY: setup setup-test lab test run smoke pretrain evaluate bench strip clean
+
+setup:
+	EXTRAS=notebooks bash scripts/setup.sh
+
+setup-test:
+	EXTRAS=test bash scripts/setup.sh
+	bash scripts/install_browser.sh
+
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+test: setup-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+run: setup
+	$(PY) scripts/run_notebooks.py --out executed $(NOTEBOOKS)
+
+smoke: setup
+	$(PY) scripts/run_notebooks.py --smoke --out executed/smoke $(NOTEBOOKS)
+
+pretrain: setup
+	$(PY) -m pxpo_lite.pretrain segmenter
+	$(PY) -m pxpo_lite.pretrain diffusion
+	$(PY) -m pxpo_lite.evaluate --out docs
+
+evaluate: setup
+	$(PY) -m pxpo_lite.evaluate --out docs
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+strip: setup
+	$(PY) scripts/strip_notebooks.py notebooks/*.ipynb
+
+clean:
+	rm -rf executed test-artifacts .pytest_cache

@@ -1,0 +1,81 @@
+"""Shared test fixtures.
+
+``executed_notebook("00_tour.ipynb")`` runs a notebook once per test session with papermill in
+smoke mode (SMOKE=True) on the project's kernel and returns ``(path, results)``: the executed
+copy (kept under ``test-artifacts/notebooks/`` so its figures can be looked at) and the values
+it recorded with ``pxpo_lite.results.record``. A failing cell fails the test with the cell's
+error.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+ARTIFACTS = ROOT / "test-artifacts"
+KERNEL = os.environ.get("PXPO_KERNEL", "pxpo-lite")
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_configure(config):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("TQDM_MININTERVAL", "5")
+
+
+_CACHE: dict = {}
+
+
+def _kernel_name() -> str:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    specs = KernelSpecManager().find_kernel_specs()
+    if KERNEL in specs:
+        return KERNEL
+    if os.environ.get("CI"):
+        raise RuntimeError(f"Jupyter kernel {KERNEL!r} is not registered; run `make setup` (it registers it)")
+    return "python3"
+
+
+def run_notebook(name: str, parameters: dict | None = None, timeout: int = 600):
+    """Execute notebooks/<name> with papermill; returns (executed path, recorded results, seconds)."""
+    import papermill
+    from pxpo_lite.results import read_results
+
+    params = {"SMOKE": True, **(parameters or {})}
+    key = (name, tuple(sorted(params.items())))
+    if key in _CACHE:
+        return _CACHE[key]
+    out_dir = ARTIFACTS / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / name
+    t = time.perf_counter()
+    papermill.execute_notebook(
+        str(NOTEBOOKS / name),
+        str(out),
+        parameters=params,
+        kernel_name=_kernel_name(),
+        cwd=str(NOTEBOOKS),
+        progress_bar=False,
+        execution_timeout=timeout,
+    )
+    seconds = time.perf_counter() - t
+    _CACHE[key] = (out, read_results(out), seconds)
+    return _CACHE[key]
+
+
+@pytest.fixture
+def executed_notebook():
+    """``executed_notebook(name, **parameters) -> (path, results, seconds)``; cached per session."""
+
+    def _run(name: str, **parameters):
+        return run_notebook(name, parameters)
+
+    return _run
