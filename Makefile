@@ -17,7 +17,7 @@ setup:
 
 setup-test:
 	EXTRAS=test bash scripts/setup.sh
-	bash scripts/install_browser.sh
+	bash scripts/install_browser.sh || { [ -z "$$CI" ] && echo '!! Chromium could not be installed: the browser test will be skipped'; }
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)

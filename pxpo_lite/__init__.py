@@ -5,5 +5,12 @@ otherwise repeat; each module's docstring names the notebook that introduces it.
 """
 from . import world
 from .models import load_segmenter, load_tiny_pipeline, build_tiny_pipeline
+from .ddim import ddim_step_logprob
+from .sampling import Trajectory, sample, step_log_prob, rescore
+from . import pixelwise
+from .losses import ddpo_loss, pxpo_loss
+from .trainer import TrainConfig, Trainer
+from .canvas import HeatmapCanvas
+from .feedback import FeedbackSession
 
 __version__ = "0.1.0"

@@ -1,0 +1,399 @@
+"""The heatmap canvas: paint what you like (+) and dislike (−) on a generated image.
+
+The paper's third experiment (PAPER.md, "Single-image human feedback") asks a person for a
+**reward map** r(x_0^{i,j}, c): one signed value per pixel. This widget is how a person paints
+it. It shows one image (the tiny model's 32×32 enlarged with crisp pixels) and offers a
+"like" brush (+), a "dislike" brush (−), an eraser, brush size and strength, undo, clear and a
+see-through overlay of what has been painted.
+
+Painting happens in the browser (``pxpo_lite/widget/canvas.js``, an anywidget ES module; no
+kernel round-trip per mouse move). When a stroke ends, the map reaches Python as the trait
+``heatmap_data``: a flat, row-major list of H·W floats in [−1, 1] at the image's resolution.
+From Python::
+
+    canvas = HeatmapCanvas(image)          # image (3,H,W) in [0,1]; display(canvas) to paint
+    canvas.heatmap                         # (H,W) float32 NumPy array in [-1, 1]
+    canvas.on_change(lambda m: print(m.sum()))
+    canvas.undo(); canvas.clear()
+
+Brush maths (the same in JS and in :meth:`HeatmapCanvas.paint_stroke`): a stamp of diameter
+``size`` gives pixel (i, j) the weight w = clamp(size/2 + 0.5 − d, 0, 1), d the distance from the
+pixel centre to the brush centre; within one stroke each pixel keeps its largest weight m;
+like/dislike set map = clamp(before ± strength·m, −1, 1); the eraser sets
+map = before·(1 − strength·m).
+
+The painted map becomes per-pixel advantages in :mod:`pxpo_lite.feedback`.
+Introduced in ``notebooks/06_human_feedback_canvas.ipynb``.
+
+Works in JupyterLab 4 / Notebook 7 (ipywidgets 8) and in Colab (ipywidgets 7 + Colab's custom
+widget manager, which anywidget turns on itself). This module imports torch lazily.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import anywidget
+import numpy as np
+import traitlets
+
+WIDGET_DIR = Path(__file__).resolve().parent / "widget"
+BRUSHES = ("like", "dislike", "erase")
+MAX_HISTORY = 100
+
+
+class NoImageError(RuntimeError):
+    """Raised when the heatmap is read or painted before :meth:`HeatmapCanvas.set_image`."""
+
+
+def _read_asset(name: str) -> str:
+    path = WIDGET_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the canvas widget's front-end file {str(path)!r} is missing; reinstall pxpo-lite "
+            "(pyproject.toml ships pxpo_lite/widget/*.js and *.css as package data)"
+        )
+    return path.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# Conversions (pure functions, tested without a browser)
+# --------------------------------------------------------------------------------------------
+def image_to_array(image) -> np.ndarray:
+    """An image (3,H,W) or (1,3,H,W) in [0,1] (torch tensor or NumPy) -> (3,H,W) float32 NumPy."""
+    if hasattr(image, "detach"):  # torch.Tensor, without importing torch
+        image = image.detach().float().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"image must be a torch.Tensor or numpy.ndarray of shape (3,H,W) in [0,1], got {type(image).__name__}; "
+            "e.g. canvas.set_image(trajectory.images[0])"
+        )
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3 or arr.shape[0] != 3 or arr.shape[1] < 1 or arr.shape[2] < 1:
+        raise ValueError(
+            f"image must have shape (3,H,W) (one RGB image, channels first), got {tuple(np.shape(image))}; "
+            "pass one image of a batch, e.g. images[0]"
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError("image contains NaN or inf; expected finite values in [0,1]")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(
+            f"image values must lie in [0,1], got min {lo:.3g}, max {hi:.3g}; "
+            "if the image is in [-1,1], pass (image + 1) / 2"
+        )
+    return np.clip(arr, 0.0, 1.0)
+
+
+def array_to_png_data_url(image: np.ndarray) -> str:
+    """(3,H,W) float in [0,1] -> 'data:image/png;base64,...' at native resolution."""
+    from PIL import Image
+
+    rgb = (np.clip(image.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def check_heatmap(heatmap, shape: tuple[int, int], name: str = "heatmap") -> np.ndarray:
+    """Validate a painted map: (H,W) at the image's size, finite, in [-1,1]. Returns float32 (H,W).
+
+    Accepts a torch tensor or NumPy array, also (1,H,W).
+    """
+    if hasattr(heatmap, "detach"):
+        heatmap = heatmap.detach().float().cpu().numpy()
+    if isinstance(heatmap, (list, tuple)):
+        heatmap = np.asarray(heatmap, dtype=np.float32)
+    if not isinstance(heatmap, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array or torch tensor of shape {shape}, got {type(heatmap).__name__}")
+    arr = np.asarray(heatmap, dtype=np.float32)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.shape != tuple(shape):
+        raise ValueError(
+            f"{name} must have the image's size {tuple(shape)} (H,W), got shape {tuple(np.shape(heatmap))}; "
+            "paint at the image's resolution (resize the map, or set the right image first)"
+        )
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise ValueError(f"{name} contains {bad} NaN/inf value(s); expected finite values in [-1,1]")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -1 - 1e-4 or hi > 1 + 1e-4:
+        raise ValueError(f"{name} values must lie in [-1,1] (−1 dislike … +1 like), got min {lo:.3g}, max {hi:.3g}; clip or rescale it")
+    return np.clip(arr, -1.0, 1.0)
+
+
+def heatmap_to_list(heatmap: np.ndarray) -> list[float]:
+    """(H,W) -> flat row-major list of Python floats (the ``heatmap_data`` trait), 4 decimals like the JS side."""
+    return [round(float(v), 4) for v in np.asarray(heatmap, dtype=np.float32).ravel()]
+
+
+def list_to_heatmap(data: Sequence[float], height: int, width: int) -> np.ndarray:
+    """The ``heatmap_data`` trait -> (H,W) float32 array."""
+    if len(data) != height * width:
+        raise ValueError(f"heatmap_data has {len(data)} values, expected height*width = {height}*{width} = {height * width}")
+    return np.asarray(data, dtype=np.float32).reshape(height, width)
+
+
+def brush_weights(points: Iterable[tuple[float, float]], shape: tuple[int, int], size: float) -> np.ndarray:
+    """Largest stamp weight per pixel along a stroke through ``points`` (continuous (row, col)
+    coordinates, pixel (i, j) spanning [i, i+1) × [j, j+1)), stamping every ≤ 0.25 px like the JS.
+
+    w = clamp(size/2 + 0.5 − d, 0, 1), d = distance from the pixel centre to the stamp centre.
+    """
+    H, W = shape
+    pts = [tuple(map(float, p)) for p in points]
+    if not pts:
+        raise ValueError("points must hold at least one (row, col) position")
+    stamps = [pts[0]]
+    for a, b in zip(pts, pts[1:]):
+        n = max(1, math.ceil(math.hypot(b[0] - a[0], b[1] - a[1]) / 0.25))
+        stamps += [(a[0] + (b[0] - a[0]) * t / n, a[1] + (b[1] - a[1]) * t / n) for t in range(1, n + 1)]
+    ys, xs = np.arange(H)[:, None] + 0.5, np.arange(W)[None, :] + 0.5
+    mask = np.zeros((H, W), np.float32)
+    r = size / 2
+    for y, x in stamps:
+        d = np.hypot(ys - y, xs - x)
+        mask = np.maximum(mask, np.clip(r + 0.5 - d, 0, 1).astype(np.float32))
+    return mask
+
+
+def apply_stroke(before: np.ndarray, mask: np.ndarray, brush: str, strength: float) -> np.ndarray:
+    """like/dislike: clamp(before ± strength·m, −1, 1); erase: before·(1 − strength·m)."""
+    if brush == "erase":
+        return (before * (1 - strength * mask)).astype(np.float32)
+    sign = -1.0 if brush == "dislike" else 1.0
+    return np.clip(before + sign * strength * mask, -1, 1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# The widget
+# --------------------------------------------------------------------------------------------
+class HeatmapCanvas(anywidget.AnyWidget):
+    """Paint a signed heatmap (like +, dislike −) over an image; read it from Python as (H,W) float32.
+
+    Args:
+        image: optional (3,H,W) image in [0,1] to show straight away (else call :meth:`set_image`).
+        scale: display pixels per image pixel (0 = auto: about 384 px wide; 12 for 32×32).
+        brush, brush_size, strength, overlay_opacity: initial tool settings.
+        on_change: optional callback ``f(heatmap)`` run whenever the map changes.
+    """
+
+    _esm = _read_asset("canvas.js")
+    _css = _read_asset("canvas.css")
+
+    # image (a PNG data URL at native resolution: small, and the same in ipywidgets 7 and 8)
+    image_src = traitlets.Unicode("").tag(sync=True)
+    height = traitlets.Int(0).tag(sync=True)
+    width = traitlets.Int(0).tag(sync=True)
+    # the painted map: flat row-major H*W floats in [-1, 1], synced when a stroke ends
+    heatmap_data = traitlets.List(traitlets.Float()).tag(sync=True)
+    # tools
+    brush = traitlets.Enum(BRUSHES, default_value="like").tag(sync=True)
+    brush_size = traitlets.Int(4).tag(sync=True)
+    strength = traitlets.Float(1.0).tag(sync=True)
+    overlay_opacity = traitlets.Float(0.6).tag(sync=True)
+    scale = traitlets.Int(0).tag(sync=True)
+    # read-only for the browser: how many undo steps exist, and a status message
+    history_length = traitlets.Int(0).tag(sync=True)
+    message = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(
+        self,
+        image=None,
+        *,
+        scale: int = 0,
+        brush: str = "like",
+        brush_size: int = 4,
+        strength: float = 1.0,
+        overlay_opacity: float = 0.6,
+        on_change: Callable[[np.ndarray], None] | None = None,
+        **kwargs,
+    ):
+        super().__init__(
+            scale=scale, brush=brush, brush_size=brush_size, strength=strength, overlay_opacity=overlay_opacity, **kwargs
+        )
+        self._history: list[list[float]] = []
+        self._quiet = False  # True while Python rewrites the map without an undo step
+        self._callbacks: list[Callable[[np.ndarray], None]] = []
+        self._image: np.ndarray | None = None
+        self.observe(self._on_map_change, names="heatmap_data")
+        self.on_msg(self._on_front_end_msg)
+        if on_change is not None:
+            self.on_change(on_change)
+        if image is not None:
+            self.set_image(image)
+        else:
+            self.message = "No image yet: call set_image(image)"
+
+    # -- validation of tool settings -----------------------------------------------------------
+    @traitlets.validate("brush_size")
+    def _valid_size(self, proposal):
+        v = proposal["value"]
+        if not 1 <= v <= 64:
+            raise traitlets.TraitError(f"brush_size must be 1..64 image pixels, got {v}")
+        return v
+
+    @traitlets.validate("strength", "overlay_opacity")
+    def _valid_unit(self, proposal):
+        v = proposal["value"]
+        if not (0 <= v <= 1) or not math.isfinite(v):
+            raise traitlets.TraitError(f"{proposal['trait'].name} must be in [0,1], got {v}")
+        return v
+
+    # -- image ----------------------------------------------------------------------------------
+    def set_image(self, image, keep_heatmap: bool = False) -> "HeatmapCanvas":
+        """Show ``image`` (3,H,W) in [0,1]. Clears the map and its undo history unless
+        ``keep_heatmap=True`` and the size is unchanged."""
+        arr = image_to_array(image)
+        H, W = arr.shape[1:]
+        keep = keep_heatmap and self._image is not None and (H, W) == (self.height, self.width)
+        self._image = arr
+        self._quiet = True
+        try:
+            with self.hold_sync():
+                self.height, self.width = int(H), int(W)
+                if not keep:
+                    self.heatmap_data = [0.0] * (H * W)
+                    self._history = []
+                    self.history_length = 0
+                self.image_src = array_to_png_data_url(arr)
+                self.message = ""
+        finally:
+            self._quiet = False
+        return self
+
+    @property
+    def image(self) -> np.ndarray:
+        """The image shown, (3,H,W) float32 in [0,1]."""
+        self._require_image("read the image")
+        return self._image.copy()
+
+    @property
+    def has_image(self) -> bool:
+        return self._image is not None
+
+    def _require_image(self, what: str) -> None:
+        if self._image is None:
+            raise NoImageError(
+                f"cannot {what}: the canvas has no image yet. Call canvas.set_image(image) with a (3,H,W) "
+                "image in [0,1] first (e.g. the image you want to give feedback on)."
+            )
+
+    # -- heatmap --------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the image and the map."""
+        return (self.height, self.width)
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        """The painted map, (H,W) float32 in [-1,1] (a copy): + liked, − disliked, 0 unpainted."""
+        self._require_image("read the heatmap")
+        return list_to_heatmap(self.heatmap_data, self.height, self.width)
+
+    @heatmap.setter
+    def heatmap(self, value) -> None:
+        self._require_image("set the heatmap")
+        self.heatmap_data = heatmap_to_list(check_heatmap(value, self.shape))
+
+    @property
+    def is_empty(self) -> bool:
+        """True when nothing is painted (all zeros) or there is no image."""
+        return self._image is None or not any(self.heatmap_data)
+
+    def summary(self) -> dict:
+        """Counts and extremes of the map, for a quick printout."""
+        m = self.heatmap
+        return {
+            "shape": list(m.shape),
+            "liked_pixels": int((m > 0).sum()),
+            "disliked_pixels": int((m < 0).sum()),
+            "min": float(m.min()),
+            "max": float(m.max()),
+            "mean": float(m.mean()),
+        }
+
+    def clear(self) -> None:
+        """Erase the whole map (one undo step)."""
+        self._require_image("clear the heatmap")
+        if not self.is_empty:
+            self.heatmap_data = [0.0] * (self.height * self.width)
+
+    def undo(self) -> bool:
+        """Go back one change (a stroke, a clear or a Python assignment). False when nothing to undo."""
+        if not self._history:
+            self.message = "nothing to undo"
+            return False
+        previous = self._history.pop()
+        self._quiet = True
+        try:
+            with self.hold_sync():
+                self.heatmap_data = previous
+                self.history_length = len(self._history)
+                self.message = ""
+        finally:
+            self._quiet = False
+        return True
+
+    def paint_stroke(
+        self,
+        points: Sequence[tuple[float, float]],
+        brush: str | None = None,
+        size: float | None = None,
+        strength: float | None = None,
+    ) -> np.ndarray:
+        """Paint one stroke from Python exactly as the browser would (for scripts and tests).
+
+        ``points`` are (row, col) in pixel units; (i, j) is pixel (i, j)'s centre. Tool settings
+        default to the widget's current ones. Returns the new map.
+        """
+        self._require_image("paint")
+        brush = self.brush if brush is None else brush
+        if brush not in BRUSHES:
+            raise ValueError(f"brush must be one of {BRUSHES}, got {brush!r}")
+        size = self.brush_size if size is None else size
+        strength = self.strength if strength is None else strength
+        if not 0 <= strength <= 1:
+            raise ValueError(f"strength must be in [0,1], got {strength}")
+        mask = brush_weights([(r + 0.5, c + 0.5) for r, c in points], self.shape, size)
+        self.heatmap = apply_stroke(self.heatmap, mask, brush, strength)
+        return self.heatmap
+
+    # -- change notification and undo history ----------------------------------------------------
+    def on_change(self, callback: Callable[[np.ndarray], None], remove: bool = False) -> None:
+        """Run ``callback(heatmap)`` (an (H,W) float32 array) after every change of the map."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        if remove:
+            self._callbacks.remove(callback)
+        else:
+            self._callbacks.append(callback)
+
+    def _on_map_change(self, change) -> None:
+        old, new = change["old"], change["new"]
+        n = self.height * self.width
+        if not self._quiet and old is not None and len(old) == n and old != new:
+            self._history.append(list(old))
+            del self._history[:-MAX_HISTORY]
+            self.history_length = len(self._history)
+        if self._image is None or len(new) != n:
+            return
+        heatmap = list_to_heatmap(new, self.height, self.width)
+        for cb in list(self._callbacks):
+            cb(heatmap.copy())
+
+    def _on_front_end_msg(self, _widget, content, _buffers) -> None:
+        if isinstance(content, dict) and content.get("event") == "undo":
+            self.undo()
+
+    def __repr__(self) -> str:
+        if self._image is None:
+            return "HeatmapCanvas(no image)"
+        s = self.summary()
+        return f"HeatmapCanvas({self.height}×{self.width}, liked {s['liked_pixels']} px, disliked {s['disliked_pixels']} px)"

@@ -1,0 +1,245 @@
+"""A DDIM step is a Gaussian policy: sample x_{t-1} and return its log-probability per element.
+
+DDPO (Black et al., 2023) and PXPO (Kordzanganeh et al., 2024) treat one denoising step as an
+action a_t = x_{t-1} drawn from the policy π_θ(x_{t-1} | x_t, c). With η > 0 the DDIM update
+(Song et al., 2020, eq. 12/16) is a Gaussian with diagonal covariance (PAPER.md, "Denoising
+as a Markov decision process"):
+
+    x̂_0 = (x_t − √(1−ᾱ_t) ε_θ) / √ᾱ_t                         (predicted clean sample)
+    σ_t = η √((1−ᾱ_{t−1})/(1−ᾱ_t)) √(1−ᾱ_t/ᾱ_{t−1})            (DDIM eq. 16)
+    μ_t = √ᾱ_{t−1} x̂_0 + √(1−ᾱ_{t−1}−σ_t²) ε_θ                 (DDIM eq. 12, no noise)
+    x_{t−1} = μ_t + σ_t z,  z ~ N(0, I)
+    log p(x_{t−1}|x_t,c) = −(x_{t−1}−μ_t)²/(2σ_t²) − log σ_t − ½ log 2π     (per element)
+
+:func:`ddim_step_logprob` returns that log-density **per element** (same shape as the sample,
+float32): DDPO later averages it over (C,h,w); PXPO keeps one value per pixel.
+
+The arithmetic mirrors ``diffusers.DDIMScheduler.step`` of diffusers **0.42.1** (prediction
+types ``epsilon``/``v_prediction``/``sample``, ``clip_sample``/``clip_sample_range``,
+``thresholding`` via dynamic thresholding, ``use_clipped_model_output``), reading only the
+scheduler's public attributes (``config``, ``alphas_cumprod``, ``final_alpha_cumprod``,
+``num_inference_steps``, ``timesteps``). ``tests/test_ddim.py`` checks it against the
+*installed* ``DDIMScheduler.step`` with identical noise.
+
+Introduced in ``notebooks/01_denoising_as_an_mdp.ipynb``.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+
+#: Floor for σ_t in the log-density. With ``set_alpha_to_one=True`` (the tiny model, and
+#: "trailing" schedules generally) the last step goes to ᾱ_{t−1} = 1, where σ_t = 0: the step is
+#: deterministic, x_{t−1} = μ_t, and the Gaussian log-density would be +inf (and NaN once
+#: x_{t−1} − μ_t is 0/0). We evaluate the density with σ̃_t = max(σ_t, SIGMA_MIN) instead. The
+#: *sample* still uses the true σ_t, so ``prev_sample`` is exactly what diffusers returns.
+#: At sampling time such a step scores the constant −log σ̃ − ½ log 2π ≈ 3.69 per element and
+#: its REINFORCE gradient is 0 (x_{t−1} = μ_t); after a policy update the ratio of that step moves
+#: as exp(−Δμ²/(2σ̃²)). 1e-2 is ~8× smaller than any real σ_t of the tiny model's 20-step schedule
+#: (the second-to-last is ≈0.075 at η=1) and below SD's smallest (≈0.02 with its default
+#: schedule), yet large enough that float rounding of μ (≈1e-6 in float32, ≈1e-3 in float16)
+#: changes the log-prob by < 1e-2 per element, so re-scoring is stable in half precision too.
+SIGMA_MIN = 1e-2
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
+def _check_scheduler(scheduler) -> None:
+    from diffusers import DDIMScheduler
+
+    if not isinstance(scheduler, DDIMScheduler):
+        raise TypeError(
+            f"scheduler must be a diffusers DDIMScheduler, got {type(scheduler).__name__}. "
+            "Only DDIM with eta > 0 gives a Gaussian step with a log-probability; "
+            "replace it with `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`."
+        )
+    if scheduler.num_inference_steps is None:
+        raise ValueError(
+            "scheduler has no timesteps yet (scheduler.num_inference_steps is None); "
+            "call `scheduler.set_timesteps(num_steps)` before stepping."
+        )
+
+
+def _check_eta(eta) -> float:
+    if isinstance(eta, torch.Tensor):
+        eta = float(eta)
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not math.isfinite(eta) or eta <= 0:
+        raise ValueError(
+            f"eta must be a finite number > 0, got {eta!r}. With eta = 0 the DDIM step is "
+            "deterministic and has no log-probability; use eta=1.0 (DDPO's default) for RL."
+        )
+    return float(eta)
+
+
+def _timestep_int(scheduler, timestep) -> int:
+    if isinstance(timestep, torch.Tensor):
+        if timestep.numel() != 1:
+            raise ValueError(
+                f"timestep must be a single step (int or 0-d tensor), got a tensor of shape {tuple(timestep.shape)}; "
+                "step all samples of a batch at the same timestep."
+            )
+        timestep = timestep.item()
+    if isinstance(timestep, float) and timestep.is_integer():
+        timestep = int(timestep)
+    try:
+        if isinstance(timestep, bool):
+            raise TypeError
+        timestep = operator.index(timestep)  # int, numpy integer, ...
+    except TypeError:
+        raise TypeError(f"timestep must be an int from scheduler.timesteps, got {type(timestep).__name__}: {timestep!r}") from None
+    schedule = [int(s) for s in scheduler.timesteps.tolist()]
+    if timestep not in schedule:
+        shown = schedule if len(schedule) <= 12 else schedule[:6] + ["..."] + schedule[-3:]
+        raise ValueError(
+            f"timestep {timestep} is not in the scheduler's schedule {shown} "
+            f"(num_inference_steps={scheduler.num_inference_steps}); pass one of scheduler.timesteps, "
+            "or call scheduler.set_timesteps(...) with the number of steps you sampled with."
+        )
+    return timestep
+
+
+def _check_like(name: str, t, sample: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor shaped like sample {tuple(sample.shape)}, got {type(t).__name__}")
+    if t.shape != sample.shape:
+        raise ValueError(
+            f"{name} has shape {tuple(t.shape)} but sample has shape {tuple(sample.shape)}; they must match "
+            "(one value per element of x_t; with classifier-free guidance combine the two UNet halves first)."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The step
+# --------------------------------------------------------------------------------------------
+def _threshold(scheduler, x0: torch.Tensor) -> torch.Tensor:
+    """Dynamic thresholding (Imagen), as ``DDIMScheduler._threshold_sample`` in diffusers 0.42.1."""
+    b = x0.shape[0]
+    flat = x0.reshape(b, -1)
+    s = torch.quantile(flat.abs(), scheduler.config.dynamic_thresholding_ratio, dim=1)
+    s = torch.clamp(s, min=1, max=scheduler.config.sample_max_value).unsqueeze(1)
+    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape)
+
+
+def ddim_gaussian(scheduler, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, *, eta: float,
+                  use_clipped_model_output: bool = False):
+    """Mean μ_t, true σ_t and x̂_0 of the DDIM step (no checks; float32; σ_t a 0-d tensor).
+
+    Step numbers follow ``DDIMScheduler.step`` (diffusers 0.42.1).
+    """
+    cfg = scheduler.config
+    # 1. previous timestep, as diffusers computes it
+    prev_t = timestep - cfg.num_train_timesteps // scheduler.num_inference_steps
+    # 2. ᾱ_t, ᾱ_{t−1}
+    acp = scheduler.alphas_cumprod.to(device=sample.device, dtype=torch.float32)
+    a_t = acp[timestep]
+    a_prev = acp[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod.to(device=sample.device, dtype=torch.float32)
+    b_t = 1 - a_t
+    x, out = sample.float(), model_output.float()
+    # 3. x̂_0 and ε̂ from the model output
+    if cfg.prediction_type == "epsilon":
+        x0, eps = (x - b_t**0.5 * out) / a_t**0.5, out
+    elif cfg.prediction_type == "sample":
+        x0 = out
+        eps = (x - a_t**0.5 * x0) / b_t**0.5
+    elif cfg.prediction_type == "v_prediction":
+        x0 = a_t**0.5 * x - b_t**0.5 * out          # x̂_0 = √ᾱ x_t − √(1−ᾱ) v
+        eps = a_t**0.5 * out + b_t**0.5 * x         # ε̂  = √ᾱ v + √(1−ᾱ) x_t
+    else:
+        raise ValueError(
+            f"scheduler.config.prediction_type is {cfg.prediction_type!r}; expected 'epsilon', 'v_prediction' or 'sample'"
+        )
+    # 4. clip or threshold x̂_0
+    if cfg.thresholding:
+        x0 = _threshold(scheduler, x0)
+    elif cfg.clip_sample:
+        x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+    # 5. σ_t = η √((1−ᾱ_{t−1})/(1−ᾱ_t)) √(1−ᾱ_t/ᾱ_{t−1})          (DDIM eq. 16)
+    variance = ((1 - a_prev) / b_t) * (1 - a_t / a_prev)
+    sigma = eta * variance**0.5
+    if use_clipped_model_output:
+        eps = (x - a_t**0.5 * x0) / b_t**0.5
+    # 6.–7. μ_t = √ᾱ_{t−1} x̂_0 + √(1−ᾱ_{t−1}−σ_t²) ε̂            (DDIM eq. 12)
+    mean = a_prev**0.5 * x0 + (1 - a_prev - sigma**2) ** 0.5 * eps
+    return mean, sigma, x0
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std) -> torch.Tensor:
+    """log N(x; μ, σ²) per element: −(x−μ)²/(2σ²) − log σ − ½ log 2π (float32)."""
+    std = torch.as_tensor(std, dtype=torch.float32, device=mean.device)
+    return -((x.float() - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
+
+
+def ddim_step_logprob(
+    scheduler,
+    model_output: torch.Tensor,
+    timestep,
+    sample: torch.Tensor,
+    *,
+    eta: float,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    variance_noise: torch.Tensor | None = None,
+    use_clipped_model_output: bool = False,
+    sigma_min: float = SIGMA_MIN,
+):
+    """One DDIM step as a Gaussian policy: returns ``(prev_sample, log_prob)``.
+
+    Args:
+        scheduler: a diffusers ``DDIMScheduler`` after ``set_timesteps``.
+        model_output: the UNet's prediction for ``sample`` (after classifier-free guidance), shaped
+            like ``sample``; interpreted by ``scheduler.config.prediction_type``.
+        timestep: the current t, one of ``scheduler.timesteps``.
+        sample: x_t, (B,C,h,w) (any shape works).
+        eta: η > 0, the weight of the DDIM noise (1.0 = DDPM-like, DDPO's default).
+        prev_sample: if given, the transition x_t -> prev_sample is *scored* (nothing is sampled);
+            otherwise x_{t−1} = μ_t + σ_t z is drawn with ``generator`` exactly as
+            ``DDIMScheduler.step`` draws it (same ``randn_tensor`` call), so the same generator
+            state gives the same x_{t−1} as diffusers.
+        generator: ``torch.Generator`` for the noise z.
+        variance_noise: z itself (like ``DDIMScheduler.step``'s argument); excludes ``generator``.
+        use_clipped_model_output: as in ``DDIMScheduler.step``.
+        sigma_min: floor σ̃_t = max(σ_t, sigma_min) used in the *density* only (see ``SIGMA_MIN``).
+
+    Returns:
+        prev_sample: x_{t−1}, shaped and typed like ``sample`` (differentiable w.r.t. the model
+            output when sampled; the given tensor when scored).
+        log_prob: log p(x_{t−1} | x_t, c) per element, float32, same shape as ``sample``;
+            never reduced here (DDPO reduces with a mean over C,h,w, PXPO keeps pixels).
+
+    Computation is done in float32 (half-precision inputs are upcast; for float32 inputs the
+    result equals ``DDIMScheduler.step`` of diffusers 0.42.1 to float rounding).
+    """
+    _check_scheduler(scheduler)
+    eta = _check_eta(eta)
+    if not isinstance(sample, torch.Tensor):
+        raise TypeError(f"sample must be a torch.Tensor (x_t), got {type(sample).__name__}")
+    _check_like("model_output", model_output, sample)
+    t = _timestep_int(scheduler, timestep)
+    if not (isinstance(sigma_min, (int, float)) and sigma_min > 0):
+        raise ValueError(f"sigma_min must be a number > 0, got {sigma_min!r}")
+
+    mean, sigma, _ = ddim_gaussian(scheduler, model_output, t, sample, eta=eta,
+                                   use_clipped_model_output=use_clipped_model_output)
+    if prev_sample is None:
+        if variance_noise is not None and generator is not None:
+            raise ValueError("pass either generator or variance_noise, not both")
+        if variance_noise is None:
+            from diffusers.utils.torch_utils import randn_tensor
+
+            # Same call as DDIMScheduler.step, so the generator advances identically.
+            variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                          dtype=model_output.dtype)
+        else:
+            _check_like("variance_noise", variance_noise, sample)
+        prev_sample = (mean + sigma * variance_noise.float()).to(sample.dtype)
+    else:
+        _check_like("prev_sample", prev_sample, sample)
+    # Score the stored (dtype-rounded) x_{t−1}, so sampling and re-scoring compute the same thing.
+    std = torch.clamp(sigma, min=sigma_min)
+    log_prob = gaussian_log_prob(prev_sample, mean, std)
+    return prev_sample, log_prob

@@ -1,0 +1,627 @@
+"""Human feedback on one image: painted heatmaps → per-pixel advantages → PXPO → regenerate.
+
+The paper's third experiment (PAPER.md, "Single-image human feedback"): a person marks what
+they like and dislike on one generated image; PXPO is applied to that image repeatedly until it
+matches their intent. Each **round** here is
+
+1. the person paints a signed map h (H,W) in [−1, 1] on the current image
+   (:class:`pxpo_lite.canvas.HeatmapCanvas`, or :func:`synthetic_heatmap` headless);
+2. the map becomes per-pixel advantages, A[i,j] = advantage_scale · h[i,j] (area-averaged onto
+   the sample grid for latent models). One image has no baseline to subtract (a batch mean of
+   one map is the map itself), and none is needed: 0 already means "fine as it is", so an
+   unpainted pixel gets no push at all — the Kronecker credit of PXPO;
+3. PXPO updates LoRA adapters on that image's stored trajectory (PAPER.md):
+   ∇J = Σ_{i,j} A[i,j] Σ_t ∇ log p_θ(x_{t−1}^{ij} | x_t, c)   (``pxpo_lite.pxpo_loss``):
+   liked pixels' sampled transitions become more likely (they stay), disliked ones less likely
+   (they change);
+4. the image is regenerated with the same seed (same x_T and the same noise at every step), and
+   the change |after − before| is measured inside and outside the painted area.
+
+A :class:`FeedbackSession` keeps the prompt, the seed, every painted map, the adapters after
+each round, each round's image and its measurements, and **saves them to a folder after every
+round** (PNG + NumPy + JSON + safetensors), so a kernel restart loses nothing:
+:meth:`FeedbackSession.load` reloads it and the session continues exactly where it stopped.
+Files are written atomically (temp name + rename) and the manifest ``session.json`` last.
+
+Introduced in ``notebooks/06_human_feedback_canvas.ipynb``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import lora as lora_lib
+from .canvas import check_heatmap
+from .pixelwise import to_sample_grid
+from .sampling import sample, step_log_prob
+
+FEEDBACK_SOURCES = ("canvas", "synthetic")
+MANIFEST = "session.json"
+FORMAT = "pxpo-lite feedback session"
+FORMAT_VERSION = 1
+DEFAULT_RULE = "dislike hair, like background"
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic feedback: a reproducible stand-in for the person
+# --------------------------------------------------------------------------------------------
+def parse_rule(rule: str) -> list[tuple[float, str]]:
+    """'dislike hair, like background' -> [(-1.0, 'hair'), (1.0, 'background')].
+
+    Clauses are separated by ',' or ';'; each is ``like|dislike <target>`` where the target is a
+    part of the world (``pxpo_lite.world.PARTS``: background, skin, hair, eyes, mouth, shirt) or
+    ``blob`` (a soft disc at a random place, from the seed).
+    """
+    from .world import PARTS
+
+    if not isinstance(rule, str) or not rule.strip():
+        raise ValueError(f"rule must be a non-empty str like {DEFAULT_RULE!r}, got {rule!r}")
+    out = []
+    for clause in rule.replace(";", ",").split(","):
+        words = clause.strip().lower().split()
+        if not words:
+            continue
+        if len(words) != 2 or words[0] not in ("like", "dislike") or words[1] not in PARTS + ("blob",):
+            raise ValueError(
+                f"cannot read the clause {clause.strip()!r} of rule {rule!r}: write 'like <target>' or "
+                f"'dislike <target>' with a target from {list(PARTS) + ['blob']}, e.g. {DEFAULT_RULE!r}"
+            )
+        out.append((1.0 if words[0] == "like" else -1.0, words[1]))
+    return out
+
+
+def blob(shape: tuple[int, int], seed: int, radius: float | None = None) -> np.ndarray:
+    """A soft disc in [0,1] (1 inside, a 1-px linear edge) at a place drawn from ``seed``."""
+    H, W = shape
+    rng = np.random.default_rng(seed)
+    r = radius if radius is not None else rng.uniform(0.12, 0.22) * min(H, W)
+    cy, cx = rng.uniform(r, H - r), rng.uniform(r, W - r)
+    yy, xx = np.mgrid[0:H, 0:W] + 0.5
+    return np.clip(r + 0.5 - np.hypot(yy - cy, xx - cx), 0, 1).astype(np.float32)
+
+
+def part_masks(image: torch.Tensor, segmenter=None) -> np.ndarray:
+    """(H,W) int part labels of a (3,H,W) image, by the shipped segmenter (``load_segmenter``)."""
+    if segmenter is None:
+        from .models import load_segmenter
+
+        segmenter = load_segmenter()
+    dev = next(segmenter.parameters()).device
+    with torch.no_grad():
+        logits = segmenter(torch.as_tensor(image, dtype=torch.float32)[None].to(dev))
+    return logits.argmax(1)[0].cpu().numpy()
+
+
+def synthetic_heatmap(
+    image,
+    rule: str = DEFAULT_RULE,
+    seed: int = 0,
+    strength: float = 1.0,
+    segmenter=None,
+) -> np.ndarray:
+    """A reproducible painted map for ``image`` (3,H,W): what a person following ``rule`` would paint.
+
+    Parts are found by the segmenter (the same image gives the same map); ``blob`` targets come
+    from ``seed``. Later clauses paint over earlier ones. Returns (H,W) float32 in [−1, 1].
+    """
+    clauses = parse_rule(rule)
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    img = torch.as_tensor(image.detach().cpu() if isinstance(image, torch.Tensor) else np.asarray(image), dtype=torch.float32)
+    if img.ndim != 3 or img.shape[0] != 3:
+        raise ValueError(f"image must be (3,H,W) in [0,1], got shape {tuple(img.shape)}")
+    H, W = img.shape[1:]
+    heat = np.zeros((H, W), np.float32)
+    labels = None
+    for k, (sign, target) in enumerate(clauses):
+        if target == "blob":
+            m = blob((H, W), seed + k)
+        else:
+            from .world import PART_ID
+
+            if labels is None:
+                labels = part_masks(img, segmenter)
+            m = (labels == PART_ID[target]).astype(np.float32)
+        heat = np.where(m > 0, sign * strength * m, heat)
+    return heat.astype(np.float32)
+
+
+def next_heatmap(source: str, image, canvas=None, rule: str = DEFAULT_RULE, seed: int = 0, segmenter=None):
+    """The map for this round: ``(heatmap, source_used, message)``. Never waits for a person.
+
+    ``source="canvas"`` uses whatever ``canvas`` holds right now; if it holds nothing (no
+    canvas, no image, or an empty map) it falls back to the synthetic rule and says so.
+    """
+    if source not in FEEDBACK_SOURCES:
+        raise ValueError(f"FEEDBACK_SOURCE must be one of {FEEDBACK_SOURCES}, got {source!r}")
+    if source == "canvas":
+        if canvas is not None and canvas.has_image and not canvas.is_empty:
+            return canvas.heatmap, "canvas", f"using the painted canvas ({canvas!r})"
+        why = "no canvas" if canvas is None else ("the canvas has no image" if not canvas.has_image else "nothing is painted on the canvas")
+        msg = f"{why}: falling back to synthetic feedback ({rule!r}) so nothing waits for a person"
+        return synthetic_heatmap(image, rule, seed, segmenter=segmenter), "synthetic", msg
+    return synthetic_heatmap(image, rule, seed, segmenter=segmenter), "synthetic", f"synthetic feedback: {rule!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# From a painted map to an update
+# --------------------------------------------------------------------------------------------
+def heatmap_to_advantages(heatmap, sample_size: tuple[int, int], scale: float = 1.0) -> torch.Tensor:
+    """Per-pixel advantages (1,h,w): A = scale · h, area-averaged onto the sample grid (identity for
+    pixel-space models). Unpainted pixels (h = 0) get A = 0: no gradient at all."""
+    h = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))[None]
+    return to_sample_grid(scale * h, sample_size)
+
+
+def change_stats(before, after, heatmap) -> dict:
+    """Mean |after − before| (averaged over RGB) inside the disliked, liked, painted and unpainted areas.
+
+    ``change_ratio`` = change in the painted area ÷ change in the unpainted area (> 1: the
+    update acted where the person painted). NaN where an area is empty.
+    """
+    b = torch.as_tensor(before, dtype=torch.float32).cpu().numpy()
+    a = torch.as_tensor(after, dtype=torch.float32).cpu().numpy()
+    h = np.asarray(heatmap, dtype=np.float32)
+    change = np.abs(a - b).mean(0)
+
+    def mean(mask):
+        return float(change[mask].mean()) if mask.any() else float("nan")
+
+    out = {
+        "change_disliked": mean(h < 0),
+        "change_liked": mean(h > 0),
+        "change_painted": mean(h != 0),
+        "change_unpainted": mean(h == 0),
+        "change_all": float(change.mean()),
+    }
+    out["change_ratio"] = out["change_painted"] / out["change_unpainted"] if out["change_unpainted"] > 0 else float("nan")
+    return out
+
+
+@dataclass
+class RefineConfig:
+    """Hyper-parameters of single-image refinement (one line each; defaults measured on the tiny model)."""
+
+    num_steps: int = 20            # T, DDIM steps of the image's trajectory
+    eta: float = 1.0               # DDIM η (> 0: a stochastic policy with log-probs)
+    guidance_scale: float | None = None  # None: the pipeline's default
+    lr: float = 3e-3               # AdamW on the LoRA adapters (a fresh optimiser each round)
+    updates_per_round: int = 4     # gradient steps on the one trajectory per round
+    clip_range: float | None = None  # None: score-function PXPO (the paper); a float: element-wise PPO clip
+    advantage_scale: float = 1.0   # A = advantage_scale · painted value
+    max_grad_norm: float = 1.0     # gradient-norm clip
+    lora_rank: int = 4
+    lora_targets: tuple[str, ...] | None = None  # None: lora.TINY_TARGETS for pixel models, SD_TARGETS for SD
+    min_sigma: float = 1e-3        # steps with σ_t below this are deterministic (no action): skipped
+
+    def __post_init__(self):
+        if self.lora_targets is not None:
+            self.lora_targets = tuple(self.lora_targets)
+        for name in ("num_steps", "updates_per_round", "lora_rank"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"RefineConfig.{name} must be an int >= 1, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"RefineConfig.lr must be > 0, got {self.lr!r}")
+
+
+def step_sigmas(scheduler, timesteps: torch.Tensor, eta: float) -> list[float]:
+    """σ_t of each DDIM step (DDIM eq. 16), as ``ddim.ddim_gaussian`` computes it."""
+    cfg = scheduler.config
+    acp = scheduler.alphas_cumprod.float()
+    out = []
+    for t in timesteps.tolist():
+        prev = int(t) - cfg.num_train_timesteps // scheduler.num_inference_steps
+        a_t = acp[int(t)]
+        a_prev = acp[prev] if prev >= 0 else scheduler.final_alpha_cumprod.float()
+        out.append(float(eta * (((1 - a_prev) / (1 - a_t)) * (1 - a_t / a_prev)).clamp(min=0) ** 0.5))
+    return out
+
+
+def pxpo_update(pipe, traj, advantages: torch.Tensor, params: Sequence[torch.nn.Parameter], config: RefineConfig, progress: bool = False) -> dict:
+    """``config.updates_per_round`` AdamW steps of the PXPO loss on one stored trajectory.
+
+    Each step sums the loss over the trajectory's stochastic timesteps (σ_t ≥ ``min_sigma``):
+    L = (1/T') Σ_t pxpo_loss(log p_θ(x_{t−1}|x_t), log p_old, A). Returns diagnostics.
+    """
+    from tqdm.auto import tqdm
+
+    from .losses import pxpo_loss
+
+    params = list(params)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    sigmas = step_sigmas(pipe.scheduler, traj.timesteps, traj.eta)
+    steps = [i for i, s in enumerate(sigmas) if s >= config.min_sigma]
+    A = advantages.to(traj.log_probs.device)
+    was_training = pipe.unet.training
+    pipe.unet.eval()  # no dropout: the ratio is exactly 1 before the first step
+    infos = []
+    try:
+        for _ in tqdm(range(config.updates_per_round), disable=not progress, desc="PXPO update", leave=False):
+            opt.zero_grad(set_to_none=True)
+            total, kl, ratio_max = 0.0, 0.0, 0.0
+            for i in steps:
+                lp = step_log_prob(pipe, traj, i)  # (1,C,h,w), with grad
+                loss, info = pxpo_loss(lp, traj.log_probs[:, i].to(lp.device), A.to(lp.device), clip_range=config.clip_range)
+                (loss / len(steps)).backward()
+                total += info["loss"] / len(steps)
+                kl += info["approx_kl"] / len(steps)
+                ratio_max = max(ratio_max, info["ratio_max"])
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+            opt.step()
+            infos.append({"loss": total, "approx_kl": kl, "ratio_max": ratio_max, "grad_norm": grad_norm})
+    finally:
+        pipe.unet.train(was_training)
+    return {
+        "loss_first": infos[0]["loss"],
+        "loss_last": infos[-1]["loss"],
+        "approx_kl_last": infos[-1]["approx_kl"],
+        "ratio_max_last": infos[-1]["ratio_max"],
+        "grad_norm_first": infos[0]["grad_norm"],
+        "updates": len(infos),
+        "timesteps_used": len(steps),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Files: atomic writes, PNG/NumPy/JSON/safetensors
+# --------------------------------------------------------------------------------------------
+def _atomic_write(path: Path, write) -> None:
+    """``write(tmp_path)`` then rename onto ``path`` (a reader never sees half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _save_png(path: Path, image: np.ndarray, scale: int = 1) -> None:
+    from .plotting import to_pil
+
+    _atomic_write(path, lambda p: to_pil(torch.as_tensor(image), scale=scale).save(p, format="PNG"))
+
+
+def _heatmap_png(path: Path, heat: np.ndarray) -> None:
+    """A viewable picture of the map: green = like, red = dislike, black = unpainted."""
+    from PIL import Image
+
+    rgb = np.zeros(heat.shape + (3,), np.uint8)
+    rgb[..., 1] = (np.clip(heat, 0, 1) * 255).astype(np.uint8)
+    rgb[..., 0] = (np.clip(-heat, 0, 1) * 255).astype(np.uint8)
+    _atomic_write(path, lambda p: Image.fromarray(rgb, "RGB").save(p, format="PNG"))
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    def w(p):
+        with open(p, "wb") as f:
+            np.save(f, np.asarray(arr, dtype=np.float32))
+
+    _atomic_write(path, w)
+
+
+def _save_json(path: Path, obj) -> None:
+    _atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2, default=_json_default)))
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _finite_or_none(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def base_fingerprint(unet: torch.nn.Module) -> str:
+    """sha256 (first 16 hex) of the base (non-LoRA) UNet weights: a session only reloads onto the
+    model it was made with."""
+    h = hashlib.sha256()
+    for name, p in sorted(lora_lib._unwrap(unet).state_dict().items()):
+        if "lora_" in name:
+            continue
+        name = name.replace(".base_layer.", ".")
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# The session
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FeedbackRound:
+    """One round: the map painted on ``image_before``, the update made, the regenerated image."""
+
+    index: int
+    heatmap: np.ndarray          # (H,W) float32 in [-1,1]
+    image_before: np.ndarray     # (3,H,W) float32 in [0,1]
+    image_after: np.ndarray      # (3,H,W)
+    source: str                  # "canvas" | "synthetic" | free text
+    note: str = ""
+    stats: dict = field(default_factory=dict)    # change_* (see change_stats), painted pixel counts
+    update: dict = field(default_factory=dict)   # loss, approx_kl, grad norm ... (pxpo_update)
+    seconds: float = 0.0         # wall time of the round (update + regenerate)
+
+    @property
+    def change_map(self) -> np.ndarray:
+        """(H,W) mean |after − before| over RGB."""
+        return np.abs(self.image_after - self.image_before).mean(0)
+
+
+class SessionError(ValueError):
+    """A session folder is missing, half-written or does not match the model."""
+
+
+class FeedbackSession:
+    """Refine one image of ``prompt`` (sampled with ``seed``) from painted feedback, round by round.
+
+    Args:
+        pipe: the base pipeline (``load_tiny_pipeline()`` or a diffusers SD pipeline with DDIM).
+            It is not modified: the session adapts a private copy of its UNet with LoRA.
+        prompt: the image's prompt; seed: its seed (x_T and every step's noise).
+        folder: where to save after every round (None: keep in memory only).
+        config: :class:`RefineConfig`.
+        overwrite: allow starting a new session in a folder that already holds one.
+    """
+
+    def __init__(self, pipe, prompt: str, seed: int = 0, folder=None, config: RefineConfig | None = None,
+                 progress: bool = False, overwrite: bool = False, _restore: dict | None = None):
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be one str (one image), got {type(prompt).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        self.prompt, self.seed = prompt, seed
+        self.config = config if config is not None else RefineConfig()
+        self.progress = progress
+        self.folder = Path(folder) if folder is not None else None
+        if self.folder is not None and _restore is None and (self.folder / MANIFEST).exists() and not overwrite:
+            raise SessionError(
+                f"{str(self.folder)!r} already holds a feedback session; continue it with "
+                f"FeedbackSession.load({str(self.folder)!r}, pipe), or pass overwrite=True / another folder"
+            )
+        self.base_fingerprint = base_fingerprint(pipe.unet)
+        self.pipe = self._private_pipe(pipe)
+        targets = self.config.lora_targets or (lora_lib.TINY_TARGETS if getattr(pipe, "vae", None) is None else lora_lib.SD_TARGETS)
+        dev = next(self.pipe.unet.parameters()).device
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)  # LoRA's A matrices start random: the same (prompt, seed) -> the same session
+            self.lora_config = lora_lib.add_lora(self.pipe.unet, rank=self.config.lora_rank, target_modules=targets)
+        self.rounds: list[FeedbackRound] = []
+        if _restore is not None:
+            if _restore["adapter"] is not None:  # None: no round yet, the fresh adapters (B = 0) are right
+                lora_lib.load_lora_state_dict(self.pipe.unet, _restore["adapter"])
+            self.rounds = _restore["rounds"]
+            self.initial_image = _restore["initial_image"]
+        self.params = lora_lib.lora_parameters(self.pipe.unet)  # after loading: peft may replace the tensors
+        self.trajectory = self._generate()
+        if _restore is None:
+            self.initial_image = self.trajectory.images[0].cpu().numpy()
+            if self.folder is not None:
+                if self.folder.exists() and overwrite:
+                    self._remove_saved_session()
+                self._save_initial()
+
+    # -- model -----------------------------------------------------------------------------------
+    @staticmethod
+    def _private_pipe(pipe):
+        """A shallow copy of ``pipe`` with its own UNet and scheduler (the caller's stays untouched)."""
+        if lora_lib.has_lora(pipe.unet):
+            raise ValueError("pipe.unet already has LoRA adapters; pass the base pipeline (e.g. a fresh load_tiny_pipeline())")
+        private = copy.copy(pipe)
+        object.__setattr__(private, "unet", copy.deepcopy(pipe.unet))
+        object.__setattr__(private, "scheduler", copy.deepcopy(pipe.scheduler))
+        return private
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator(device=next(self.pipe.unet.parameters()).device).manual_seed(self.seed)
+
+    def _generate(self):
+        c = self.config
+        self.pipe.unet.eval()
+        return sample(self.pipe, [self.prompt], num_steps=c.num_steps, eta=c.eta, guidance_scale=c.guidance_scale,
+                      generator=self._generator(), progress=False)
+
+    @property
+    def image(self) -> torch.Tensor:
+        """The current image (3,H,W) in [0,1]: the one to give feedback on next."""
+        return self.trajectory.images[0].detach().cpu()
+
+    @property
+    def images(self) -> list[np.ndarray]:
+        """The initial image and the image after each round."""
+        return [self.initial_image] + [r.image_after for r in self.rounds]
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The LoRA weights now (everything the updates changed)."""
+        return lora_lib.lora_state_dict(self.pipe.unet)
+
+    # -- one round -------------------------------------------------------------------------------
+    def step(self, heatmap, source: str = "canvas", note: str = "") -> FeedbackRound | None:
+        """One round: PXPO on the current image's trajectory with advantages from ``heatmap``,
+        regenerate with the same seed, measure, save. Returns the round, or None (and makes no
+        update) when nothing was painted."""
+        image = self.image
+        H, W = image.shape[1:]
+        heat = check_heatmap(heatmap, (H, W))
+        if not np.any(heat):
+            print("Nothing was painted (the heatmap is all zeros): no update made. Paint some pixels "
+                  "(or use synthetic feedback) and run the round again.")
+            return None
+        t0 = time.perf_counter()
+        c = self.config
+        sample_size = tuple(self.trajectory.log_probs.shape[-2:])
+        A = heatmap_to_advantages(heat, sample_size, c.advantage_scale)
+        update = pxpo_update(self.pipe, self.trajectory, A, self.params, c, progress=self.progress)
+        before = image.numpy()
+        self.trajectory = self._generate()
+        after = self.image.numpy()
+        seconds = time.perf_counter() - t0
+        stats = change_stats(before, after, heat)
+        stats.update(liked_pixels=int((heat > 0).sum()), disliked_pixels=int((heat < 0).sum()))
+        rnd = FeedbackRound(index=len(self.rounds) + 1, heatmap=heat, image_before=before, image_after=after,
+                            source=source, note=note, stats=stats, update=update, seconds=seconds)
+        self.rounds.append(rnd)
+        if self.folder is not None:
+            self._save_round(rnd)
+        return rnd
+
+    def summary(self) -> list[dict]:
+        """One row per round: source, painted pixels, change inside/outside, seconds."""
+        return [{"round": r.index, "source": r.source, **r.stats, "seconds": r.seconds, "loss": r.update.get("loss_first")}
+                for r in self.rounds]
+
+    # -- saving ----------------------------------------------------------------------------------
+    def _manifest(self) -> dict:
+        cfg = asdict(self.config)
+        cfg["lora_targets"] = list(cfg["lora_targets"]) if cfg["lora_targets"] else None
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "config": cfg,
+            "lora": {"rank": self.lora_config.r, "alpha": self.lora_config.lora_alpha,
+                     "target_modules": sorted(self.lora_config.target_modules)},
+            "base_fingerprint": self.base_fingerprint,
+            "image_shape": list(self.initial_image.shape),
+            "initial": {"folder": "round_000", "files": ["image.png", "image.npy"]},
+            "rounds": [
+                {"index": r.index, "folder": f"round_{r.index:03d}", "source": r.source, "note": r.note,
+                 "stats": _finite_or_none(r.stats), "update": r.update, "seconds": r.seconds,
+                 "files": ["heatmap.npy", "heatmap.png", "image_before.npy", "image.npy", "image.png",
+                           "adapter.safetensors"]}
+                for r in self.rounds
+            ],
+        }
+
+    def _remove_saved_session(self) -> None:
+        """Delete a previous session's files (only ``session.json`` and ``round_*``; nothing else in the folder)."""
+        (self.folder / MANIFEST).unlink(missing_ok=True)
+        for d in self.folder.glob("round_*"):
+            shutil.rmtree(d) if d.is_dir() else d.unlink()
+
+    def _write_folder(self, name: str, fill) -> None:
+        """Build ``name`` as ``name.tmp`` then rename it into place."""
+        final, tmp = self.folder / name, self.folder / (name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        fill(tmp)
+        if final.exists():  # left by an interrupted save that never reached the manifest
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+
+    def _save_initial(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+        def fill(d: Path):
+            _save_npy(d / "image.npy", self.initial_image)
+            _save_png(d / "image.png", self.initial_image)
+
+        self._write_folder("round_000", fill)
+        _save_json(self.folder / MANIFEST, self._manifest())  # the manifest last
+
+    def _save_round(self, r: FeedbackRound) -> None:
+        from safetensors.torch import save_file
+
+        def fill(d: Path):
+            _save_npy(d / "heatmap.npy", r.heatmap)
+            _heatmap_png(d / "heatmap.png", r.heatmap)
+            _save_npy(d / "image_before.npy", r.image_before)
+            _save_npy(d / "image.npy", r.image_after)
+            _save_png(d / "image.png", r.image_after)
+            _atomic_write(d / "adapter.safetensors", lambda p: save_file(self.adapter_state(), str(p),
+                                                                         metadata={"round": str(r.index)}))
+
+        self._write_folder(f"round_{r.index:03d}", fill)
+        _save_json(self.folder / MANIFEST, self._manifest())  # the manifest last: the round now counts
+
+    # -- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, folder, pipe, progress: bool = False, check_image: bool = True) -> "FeedbackSession":
+        """Reload a saved session onto ``pipe`` (the same base pipeline it was made with) and continue.
+
+        Raises :class:`SessionError` (a ValueError) or FileNotFoundError with what is wrong when the
+        folder is missing, half-written, or belongs to another model.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"feedback session folder {str(folder)!r} does not exist; start one with FeedbackSession(pipe, prompt, seed, folder=...)")
+        mpath = folder / MANIFEST
+        if not mpath.is_file():
+            found = sorted(p.name for p in folder.iterdir())
+            raise SessionError(
+                f"{str(folder)!r} has no {MANIFEST}: it is not a feedback session, or its first save was interrupted "
+                f"(found: {found[:8]}). The manifest is written last, so without it nothing in the folder is complete; "
+                "start a new session there with overwrite=True."
+            )
+        try:
+            m = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SessionError(f"{str(mpath)!r} is not valid JSON ({e}); the session cannot be read") from e
+        if m.get("format") != FORMAT or m.get("version") != FORMAT_VERSION:
+            raise SessionError(f"{str(mpath)!r} is not a {FORMAT!r} version {FORMAT_VERSION} manifest (format={m.get('format')!r}, version={m.get('version')!r})")
+        try:
+            return cls._load_checked(folder, m, pipe, progress, check_image)
+        except (KeyError, TypeError, IndexError) as e:
+            raise SessionError(f"{str(mpath)!r} is incomplete or malformed ({type(e).__name__}: {e}); the session cannot be read") from e
+
+    @classmethod
+    def _load_checked(cls, folder: Path, m: dict, pipe, progress: bool, check_image: bool) -> "FeedbackSession":
+        from safetensors.torch import load_file
+
+        for d in folder.glob("round_*.tmp"):
+            warnings.warn(f"ignoring {d.name}: a round whose save was interrupted (not in the manifest); the session "
+                          f"continues from round {len(m['rounds'])}", stacklevel=2)
+        entries = [m["initial"]] + m["rounds"]
+        for e in entries:
+            missing = [f for f in e["files"] if not (folder / e["folder"] / f).is_file()]
+            if missing:
+                raise SessionError(f"session {str(folder)!r} is half-written: {e['folder']}/ lacks {missing}; "
+                                   "restore the files or start a new session")
+        fp = base_fingerprint(pipe.unet)
+        if fp != m["base_fingerprint"]:
+            raise SessionError(
+                f"session {str(folder)!r} was made with another base model (fingerprint {m['base_fingerprint']}, this pipe "
+                f"has {fp}); load it with the pipeline it was made with"
+            )
+        config = RefineConfig(**{**m["config"], "lora_targets": tuple(m["lora"]["target_modules"])})
+        config.lora_rank = m["lora"]["rank"]
+
+        def npy(e, name):
+            return np.load(folder / e["folder"] / name).astype(np.float32)
+
+        rounds = [
+            FeedbackRound(index=e["index"], heatmap=npy(e, "heatmap.npy"), image_before=npy(e, "image_before.npy"),
+                          image_after=npy(e, "image.npy"), source=e["source"], note=e.get("note", ""),
+                          stats={k: (float("nan") if v is None else v) for k, v in e["stats"].items()},
+                          update=e["update"], seconds=e["seconds"])
+            for e in m["rounds"]
+        ]
+        initial = npy(m["initial"], "image.npy")
+        adapter = load_file(str(folder / m["rounds"][-1]["folder"] / "adapter.safetensors")) if rounds else None
+        restore = {"rounds": rounds, "initial_image": initial, "adapter": adapter}
+        s = cls(pipe, m["prompt"], m["seed"], folder, config, progress, _restore=restore)
+        if check_image:
+            want = rounds[-1].image_after if rounds else initial
+            got = s.image.numpy()
+            if np.abs(got - want).max() > 1e-3:
+                raise SessionError(
+                    f"the reloaded model regenerates a different image than the one saved (max |Δ| = "
+                    f"{np.abs(got - want).max():.3g}): the base model or library version differs from the session's"
+                )
+        return s
+
+    def __repr__(self) -> str:
+        return f"FeedbackSession({self.prompt!r}, seed={self.seed}, rounds={len(self.rounds)}, folder={str(self.folder) if self.folder else None!r})"

@@ -1,0 +1,363 @@
+"""Trajectories: sample with the DDIM policy and keep every step's per-element log-probability.
+
+A trajectory is one episode of the denoising MDP (PAPER.md, "Denoising as a Markov decision
+process"): states x_T .. x_0, actions x_{t−1}, and log π_θ(x_{t−1}|x_t,c) for every step and
+every element. RL needs these twice: at sampling time (the "old" log-probs of PPO, the baseline
+of the importance ratio ρ_t = p_θ/p_θold) and again under the current weights, with gradients,
+for the loss. :func:`sample` produces a :class:`Trajectory`; :func:`step_log_prob` re-scores one
+stored transition with gradients through ``pipe.unet`` (and any LoRA adapters on it);
+:func:`rescore` re-scores all of them without gradients.
+
+Works with the tiny pixel-space pipeline (``pxpo_lite.load_tiny_pipeline``) and any diffusers
+``StableDiffusionPipeline`` (the "sample" is then the VAE latent, decoded with ``pipe.vae``),
+with classifier-free guidance when ``guidance_scale > 1``:
+ε̂ = ε_θ(x_t, ∅) + w (ε_θ(x_t, c) − ε_θ(x_t, ∅)).
+
+Introduced in ``notebooks/01_denoising_as_an_mdp.ipynb`` (one step) and used from
+``notebooks/02_*`` on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Sequence
+
+import torch
+
+from .ddim import _check_eta, _check_scheduler, ddim_step_logprob
+
+#: DDPO's classifier-free guidance for Stable Diffusion (ddpo-pytorch default), used when a
+#: pipeline has no ``default_guidance_scale`` attribute of its own and ``guidance_scale=None``.
+SD_DEFAULT_GUIDANCE = 5.0
+
+
+@dataclass
+class Trajectory:
+    """A batch of sampled denoising trajectories (B samples, T steps).
+
+    images: (B,3,H,W) float32 in [0,1], the decoded x_0.
+    latents: (B,T+1,C,h,w) x_T .. x_0 in the model's sample space (pixels or VAE latents).
+    log_probs: (B,T,C,h,w) float32, log p(x_{t−1}|x_t,c) per element at sampling time (no grad).
+    timesteps: (T,) the scheduler's timesteps; step i goes latents[:, i] -> latents[:, i+1] at t = timesteps[i].
+    prompts: the B prompts.
+    prompt_embeds: (B,L,D) text-encoder states; negative_prompt_embeds: (B,L,D) or None (no guidance).
+    guidance_scale, eta: as sampled (re-scoring uses the same).
+    """
+
+    images: torch.Tensor
+    latents: torch.Tensor
+    log_probs: torch.Tensor
+    timesteps: torch.Tensor
+    prompts: list
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None
+    guidance_scale: float
+    eta: float
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    def _index(self, idx) -> torch.Tensor:
+        B = len(self)
+        if isinstance(idx, slice):
+            return torch.arange(B)[idx]
+        if isinstance(idx, int) and not isinstance(idx, bool):
+            idx = [idx]
+        idx = torch.as_tensor(idx)
+        if idx.dtype == torch.bool:
+            if idx.shape != (B,):
+                raise ValueError(f"a boolean idx must have shape ({B},), got {tuple(idx.shape)}")
+            idx = idx.nonzero().flatten()
+        if idx.ndim != 1 or idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise TypeError(f"idx must be a slice, an int, a list/LongTensor of sample indices or a bool mask, got {idx!r}")
+        if len(idx) and (idx.min() < -B or idx.max() >= B):
+            raise IndexError(f"idx {idx.tolist()} out of range for a trajectory of {B} samples")
+        return idx.long() % B if len(idx) else idx.long()
+
+    def select(self, idx) -> "Trajectory":
+        """The sub-batch ``idx`` (slice, int, list, LongTensor, or bool mask) of samples."""
+        i = self._index(idx)
+
+        def take(t):
+            return None if t is None else t[i.to(t.device)]
+
+        return replace(
+            self,
+            images=take(self.images),
+            latents=take(self.latents),
+            log_probs=take(self.log_probs),
+            prompts=[self.prompts[j] for j in i.tolist()],
+            prompt_embeds=take(self.prompt_embeds),
+            negative_prompt_embeds=take(self.negative_prompt_embeds),
+        )
+
+    def to(self, device) -> "Trajectory":
+        """A copy with every tensor on ``device``."""
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: v.to(device) for k, v in kw.items() if isinstance(v, torch.Tensor)})
+
+    @classmethod
+    def cat(cls, trajectories: Sequence["Trajectory"]) -> "Trajectory":
+        """Concatenate batches sampled with the same schedule, η and guidance (e.g. several sampling rounds)."""
+        trajectories = list(trajectories)
+        if not trajectories:
+            raise ValueError("trajectories must be a non-empty list of Trajectory")
+        first = trajectories[0]
+        for tr in trajectories[1:]:
+            if not torch.equal(tr.timesteps.cpu(), first.timesteps.cpu()) or tr.eta != first.eta or tr.guidance_scale != first.guidance_scale:
+                raise ValueError("all trajectories must share timesteps, eta and guidance_scale to be concatenated")
+
+        def cat(name):
+            ts = [getattr(t, name) for t in trajectories]
+            return None if ts[0] is None else torch.cat(ts)
+
+        return replace(
+            first,
+            images=cat("images"),
+            latents=cat("latents"),
+            log_probs=cat("log_probs"),
+            prompts=[p for t in trajectories for p in t.prompts],
+            prompt_embeds=cat("prompt_embeds"),
+            negative_prompt_embeds=cat("negative_prompt_embeds"),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Pipeline adapters (tiny pixel-space pipeline and diffusers Stable Diffusion look alike here)
+# --------------------------------------------------------------------------------------------
+def _is_latent_pipeline(pipe) -> bool:
+    return getattr(pipe, "vae", None) is not None
+
+
+def resolve_guidance_scale(pipe, guidance_scale: float | None) -> float:
+    """``guidance_scale`` or the pipeline's default: ``pipe.default_guidance_scale`` if it has one (the
+    tiny model: 1.0, no guidance), else 5.0 for a latent (Stable Diffusion) pipeline as in DDPO, else 1.0."""
+    if guidance_scale is None:
+        default = getattr(pipe, "default_guidance_scale", None)
+        if isinstance(default, (int, float)):
+            guidance_scale = float(default)
+        else:
+            guidance_scale = SD_DEFAULT_GUIDANCE if _is_latent_pipeline(pipe) else 1.0
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
+        raise ValueError(f"guidance_scale must be a number >= 0 (1.0 = no guidance), got {guidance_scale!r}")
+    return float(guidance_scale)
+
+
+def _check_prompts(pipe, prompts) -> list[str]:
+    if hasattr(pipe, "check_prompts"):
+        return pipe.check_prompts(prompts)
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompts must be a str or a non-empty list of str, got {prompts!r}")
+    return list(prompts)
+
+
+def _unet_dtype(pipe) -> torch.dtype:
+    return next(pipe.unet.parameters()).dtype
+
+
+def _device(pipe) -> torch.device:
+    return next(pipe.unet.parameters()).device
+
+
+def initial_latents(pipe, batch_size: int, generator=None) -> torch.Tensor:
+    """x_T ~ N(0, σ_init² I) in the UNet's sample space, drawn as the diffusers pipelines draw it."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    c, s = pipe.unet.config.in_channels, pipe.unet.config.sample_size
+    size = (s, s) if isinstance(s, int) else tuple(s)
+    shape = (batch_size, c, *size)
+    x = randn_tensor(shape, generator=generator, device=_device(pipe), dtype=_unet_dtype(pipe))
+    return x * pipe.scheduler.init_noise_sigma
+
+
+def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """x_0 in the sample space -> images (B,3,H,W) float32 in [0,1] (VAE decode for SD)."""
+    if hasattr(pipe, "decode_latents_to_images"):
+        return pipe.decode_latents_to_images(latents).float()
+    if _is_latent_pipeline(pipe):
+        vae = pipe.vae
+        x = latents.to(vae.dtype) / vae.config.scaling_factor
+        return (vae.decode(x).sample.float() / 2 + 0.5).clamp(0, 1)
+    raise TypeError(f"don't know how to decode samples of {type(pipe).__name__}: it has neither a VAE nor decode_latents_to_images")
+
+
+def _encode(pipe, prompts: list[str], guidance_scale: float, negative_prompt=None):
+    device = _device(pipe)
+    cond, uncond = pipe.encode_prompt(prompts, device, 1, guidance_scale > 1.0, negative_prompt)
+    dtype = _unet_dtype(pipe)
+    cond = cond.to(dtype)
+    uncond = uncond.to(dtype) if guidance_scale > 1.0 else None
+    return cond, uncond
+
+
+def model_output(pipe, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
+    """The (guided) UNet prediction for x_t: one batched call [uncond; cond] when guidance_scale > 1."""
+    t = t if isinstance(t, torch.Tensor) else torch.tensor(t)
+    if uncond is not None:
+        x_in = pipe.scheduler.scale_model_input(torch.cat([x, x]), t)
+        out = pipe.unet(x_in, t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        out_u, out_c = out.chunk(2)
+        return out_u + guidance_scale * (out_c - out_u)
+    x_in = pipe.scheduler.scale_model_input(x, t)
+    return pipe.unet(x_in, t, encoder_hidden_states=cond).sample
+
+
+def _progress(iterable, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not progress, desc=desc, leave=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample(
+    pipe,
+    prompts,
+    *,
+    num_steps: int = 20,
+    eta: float = 1.0,
+    guidance_scale: float | None = None,
+    generator: torch.Generator | None = None,
+    negative_prompt=None,
+    latents: torch.Tensor | None = None,
+    progress: bool = True,
+) -> Trajectory:
+    """Sample B = len(prompts) trajectories with DDIM (η > 0) and record per-element log-probs.
+
+    The noise is drawn exactly as the pipeline's own ``__call__`` draws it (x_T first, then one
+    ``randn_tensor`` per step), so ``sample(pipe, p, eta=1, generator=g)`` ends where
+    ``pipe(p, eta=1, generator=g)`` ends; the same seed gives the same trajectory.
+
+    Args:
+        pipe: the tiny pipeline or a diffusers StableDiffusionPipeline with a ``DDIMScheduler``.
+        prompts: str or list of str (one sample each; repeat a prompt for several samples).
+        num_steps: T, DDIM steps.
+        eta: η > 0 (1.0 as in DDPO).
+        guidance_scale: w; None means the pipeline's default (see :func:`resolve_guidance_scale`).
+        generator: ``torch.Generator`` for x_T and every step's noise.
+        negative_prompt: optional, with guidance.
+        latents: optional x_T (B,C,h,w) instead of drawing it.
+        progress: show a tqdm bar over the steps.
+    """
+    _check_scheduler_type(pipe)
+    eta = _check_eta(eta)
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    prompts = _check_prompts(pipe, prompts)
+    w = resolve_guidance_scale(pipe, guidance_scale)
+    cond, uncond = _encode(pipe, prompts, w, negative_prompt)
+    B = len(prompts)
+    if latents is None:
+        x = initial_latents(pipe, B, generator)
+    else:
+        expected = (B, pipe.unet.config.in_channels)
+        if latents.ndim != 4 or tuple(latents.shape[:2]) != expected:
+            raise ValueError(f"latents must be x_T of shape (B={B}, C={expected[1]}, h, w), got {tuple(latents.shape)}")
+        x = latents.to(device=_device(pipe), dtype=_unet_dtype(pipe))
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(num_steps, device=_device(pipe))
+    timesteps = scheduler.timesteps
+    xs, lps = [x], []
+    for t in _progress(timesteps, progress, "sampling"):
+        out = model_output(pipe, x, t, cond, uncond, w)
+        x, lp = ddim_step_logprob(scheduler, out, t, x, eta=eta, generator=generator)
+        xs.append(x)
+        lps.append(lp)
+    latents_all = torch.stack(xs, dim=1)
+    return Trajectory(
+        images=decode(pipe, x),
+        latents=latents_all,
+        log_probs=torch.stack(lps, dim=1),
+        timesteps=timesteps.clone(),
+        prompts=prompts,
+        prompt_embeds=cond,
+        negative_prompt_embeds=uncond,
+        guidance_scale=w,
+        eta=eta,
+    )
+
+
+def _check_scheduler_type(pipe) -> None:
+    from diffusers import DDIMScheduler
+
+    if not isinstance(pipe.scheduler, DDIMScheduler):
+        raise TypeError(
+            f"pipe.scheduler must be a DDIMScheduler, got {type(pipe.scheduler).__name__}; "
+            "set `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` first."
+        )
+
+
+def _sync_scheduler(pipe, traj: Trajectory):
+    """Make pipe.scheduler use the trajectory's schedule (set_timesteps(T) if needed) and check it."""
+    _check_scheduler_type(pipe)
+    s = pipe.scheduler
+    T = traj.num_steps
+    if s.num_inference_steps != T or s.timesteps.shape[0] != T or not torch.equal(s.timesteps.cpu(), traj.timesteps.cpu()):
+        s.set_timesteps(T, device=_device(pipe))
+    if not torch.equal(s.timesteps.cpu(), traj.timesteps.cpu()):
+        raise ValueError(
+            f"the trajectory was sampled with timesteps {traj.timesteps.tolist()} but pipe.scheduler gives "
+            f"{s.timesteps.tolist()} for {T} steps: re-score with the scheduler (config) it was sampled with."
+        )
+    _check_scheduler(s)
+    return s
+
+
+def _check_step_index(traj: Trajectory, step_index) -> int:
+    T = traj.num_steps
+    if isinstance(step_index, torch.Tensor) and step_index.numel() == 1:
+        step_index = int(step_index)
+    if hasattr(step_index, "__index__") and not isinstance(step_index, bool):
+        step_index = step_index.__index__()  # numpy integers
+    if isinstance(step_index, bool) or not isinstance(step_index, int) or not -T <= step_index < T:
+        raise ValueError(f"step_index must be an int in [0, {T}) (the trajectory has T={T} steps), got {step_index!r}")
+    return step_index % T
+
+
+def step_log_prob(pipe, traj: Trajectory, step_index: int, sample_idx=None) -> torch.Tensor:
+    """log p_θ(x_{t−1} | x_t, c) per element for stored step ``step_index``, WITH gradients.
+
+    Re-runs ``pipe.unet`` on the stored x_t = ``traj.latents[:, step_index]`` (guided as at
+    sampling time) and scores the stored x_{t−1} = ``traj.latents[:, step_index + 1]`` under the
+    current weights. Gradients flow to the UNet's parameters (and LoRA adapters). Returns
+    (b,C,h,w) float32 for the samples ``sample_idx`` (default: all). Put the UNet in ``eval()``
+    mode (no dropout) if you expect the sampling-time log-probs back.
+    """
+    i = _check_step_index(traj, step_index)
+    scheduler = _sync_scheduler(pipe, traj)
+    sub = traj if sample_idx is None else traj.select(sample_idx)
+    device, dtype = _device(pipe), _unet_dtype(pipe)
+    x_t = sub.latents[:, i].to(device=device, dtype=dtype)
+    x_prev = sub.latents[:, i + 1].to(device=device, dtype=dtype)
+    cond = sub.prompt_embeds.to(device=device, dtype=dtype)
+    uncond = None if sub.negative_prompt_embeds is None else sub.negative_prompt_embeds.to(device=device, dtype=dtype)
+    w = sub.guidance_scale if uncond is not None else 1.0
+    t = scheduler.timesteps[i]
+    out = model_output(pipe, x_t, t, cond, uncond, w)
+    _, lp = ddim_step_logprob(scheduler, out, t, x_t, eta=sub.eta, prev_sample=x_prev)
+    return lp
+
+
+@torch.no_grad()
+def rescore(pipe, traj: Trajectory, progress: bool = False, batch_size: int | None = None) -> torch.Tensor:
+    """Per-element log-probs (B,T,C,h,w) of every stored transition under the current weights, no grad.
+
+    Uses the same batch composition as :func:`sample` (the whole batch, [uncond; cond] when
+    guided), so with unchanged weights it reproduces ``traj.log_probs`` (to ≤ 1e-5 on CPU
+    float32; usually bit for bit). ``batch_size`` splits a large batch (results may then differ
+    by float rounding).
+    """
+    B = len(traj)
+    chunks = [slice(0, B)] if not batch_size else [slice(s, min(s + batch_size, B)) for s in range(0, B, batch_size)]
+    out = []
+    for i in _progress(range(traj.num_steps), progress, "re-scoring"):
+        parts = [step_log_prob(pipe, traj, i, None if (c.start == 0 and c.stop == B) else c) for c in chunks]
+        out.append(torch.cat(parts))
+    return torch.stack(out, dim=1)

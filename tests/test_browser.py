@@ -1,0 +1,263 @@
+"""A real browser paints on the heatmap canvas and the kernel receives the map.
+
+Starts JupyterLab (this venv) on 127.0.0.1 with a token in a temporary root holding
+``tests/browser_assets/canvas_demo.ipynb``, opens it in headless Debian Chromium driven by
+Playwright (``/usr/bin/chromium``; never ``playwright install``: CI installs Chromium with
+``scripts/install_browser.sh``), runs the cell that shows the canvas, drags the mouse with the
+like brush over rows 6–8 and with the dislike brush over rows 24–26, runs a cell that prints
+the kernel's heatmap statistics, checks the signs per region, presses Undo in the widget and
+checks the dislike stroke is gone. Screenshots go to ``test-artifacts/`` (set
+``PXPO_UPDATE_DOCS_SCREENSHOT=1`` to also refresh ``docs/canvas.png`` for the README).
+
+Skipped only when Chromium or Playwright is missing outside CI; in CI (CI=true) it must run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSET = ROOT / "tests" / "browser_assets" / "canvas_demo.ipynb"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+H = W = 32  # the demo image's size
+
+
+def _require(ok: bool, why: str) -> None:
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"{why} (CI=true: the browser test must run; run scripts/install_browser.sh and install the test extra)")
+    pytest.skip(why)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def jupyter_lab(tmp_path):
+    """JupyterLab serving a temp root with the demo notebook; yields (base_url, token)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    root = tmp_path / "root"
+    root.mkdir()
+    nb = json.loads(ASSET.read_text())
+    if "pxpo-lite" not in KernelSpecManager().find_kernel_specs():
+        if IN_CI:
+            pytest.fail("Jupyter kernel 'pxpo-lite' is not registered; run `make setup`")
+        nb["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (root / ASSET.name).write_text(json.dumps(nb))
+    settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "jupyter.log", "w")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "jupyterlab",
+            "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+            f"--LabApp.user_settings_dir={tmp_path / 'settings'}", f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
+        ],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.flush()
+                pytest.fail(f"JupyterLab did not start:\n{(tmp_path / 'jupyter.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield base, token
+    finally:
+        # End the server and the kernels it started (its own process group, by id).
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.25):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _dismiss_toasts(page) -> None:
+    for name in ("No", "Dismiss"):
+        btn = page.locator(".jp-toast-button, .Toastify__toast button").filter(has_text=re.compile(f"^{name}$"))
+        if btn.count():
+            try:
+                btn.first.click(timeout=1000)
+            except Exception:  # the toast may vanish on its own
+                pass
+
+
+def _prompt_number(cell) -> int:
+    m = re.search(r"\[(\d+)\]", cell.locator(".jp-InputPrompt").first.inner_text())
+    return int(m.group(1)) if m else 0
+
+
+def _run_cell(page, index: int, timeout: float = 90) -> None:
+    """Run code cell ``index`` with Ctrl+Enter and wait until its prompt shows a new number
+    (retrying the key press: the first may land before the kernel is ready)."""
+    cell = page.locator(".jp-Notebook .jp-CodeCell").nth(index)
+    before = _prompt_number(cell)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        _dismiss_toasts(page)
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Control+Enter")
+        try:
+            _wait(lambda: _prompt_number(cell) > before, min(30, max(1, deadline - time.time())), "the cell to run")
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"code cell {index} did not run within {timeout:.0f} s")
+
+
+def _stats(page, index: int) -> dict:
+    out = page.locator(".jp-Notebook .jp-CodeCell").nth(index).locator(".jp-OutputArea")
+    text = _wait(lambda: (t := out.inner_text()) and "HEATMAP_STATS" in t and t, 30, "the stats output")
+    return json.loads(text.split("HEATMAP_STATS", 1)[1].strip().splitlines()[0])
+
+
+def _drag(page, box, row: float, cols: tuple[float, float]) -> None:
+    """Drag along image row ``row`` from column cols[0] to cols[1] (pixel centres)."""
+
+    def at(r, c):
+        return box["x"] + (c + 0.5) / W * box["width"], box["y"] + (r + 0.5) / H * box["height"]
+
+    page.mouse.move(*at(row, cols[0]))
+    page.mouse.down()
+    steps = 12
+    for k in range(1, steps + 1):
+        page.mouse.move(*at(row, cols[0] + (cols[1] - cols[0]) * k / steps))
+    page.mouse.up()
+
+
+def test_paint_like_and_dislike_in_jupyterlab(jupyter_lab):
+    _require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run scripts/install_browser.sh (as root)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _require(False, "the playwright package is missing: pip install -e .[test]")
+    base, token = jupyter_lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    t0 = time.time()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            console = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            page.goto(f"{base}/lab/tree/{ASSET.name}?token={token}")
+            page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=60_000)
+            _wait(lambda: "| Idle" in page.locator("#jp-main-statusbar").inner_text(), 90, "the kernel to be idle")
+            _dismiss_toasts(page)
+
+            # 1. show the canvas
+            _run_cell(page, 0)
+            paint = page.locator("canvas.pxpo-paint")
+            try:
+                paint.wait_for(state="visible", timeout=60_000)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "canvas_browser_failed.png"))
+                raise AssertionError("the canvas did not appear; browser console:\n" + "\n".join(console[-30:]))
+            box = paint.bounding_box()
+            assert abs(box["width"] - W * 12) < 2 and abs(box["height"] - H * 12) < 2, f"expected 384×384 px, got {box}"
+
+            # 2. paint: like over rows 6-8, dislike over rows 24-26 (brush 4 px wide)
+            page.locator("button.pxpo-brush-like").click()
+            _drag(page, box, 7, (8, 23))
+            page.locator("button.pxpo-brush-dislike").click()
+            _drag(page, box, 25, (8, 23))
+            _wait(lambda: "disliked 0" not in page.locator(".pxpo-status").inner_text(), 10, "the status line")
+            page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.45)  # show the brush outline
+            time.sleep(0.3)
+            page.locator(".pxpo-canvas").screenshot(path=str(ARTIFACTS / "canvas_browser.png"))
+            page.screenshot(path=str(ARTIFACTS / "canvas_browser_page.png"))
+
+            # 3. the kernel has the map: + where liked, − where disliked, 0 elsewhere
+            _run_cell(page, 1)
+            s = _stats(page, 1)
+            assert s["shape"] == [H, W]
+            assert s["like_region_mean"] > 0.5, s
+            assert s["dislike_region_mean"] < -0.5, s
+            assert s["untouched_max_abs"] == 0.0, s
+            assert s["max"] == pytest.approx(1.0) and s["min"] == pytest.approx(-1.0), s
+            assert s["history_length"] == 2, s  # two strokes -> two undo steps
+
+            # 4. Undo in the widget removes the dislike stroke (history lives in the kernel)
+            page.locator("button.pxpo-undo").click()
+            _wait(lambda: "disliked 0" in page.locator(".pxpo-status").inner_text(), 30, "undo to reach the canvas")
+            _run_cell(page, 1)
+            s2 = _stats(page, 1)
+            assert s2["dislike_region_mean"] == 0.0 and s2["like_region_mean"] > 0.5, s2
+            assert s2["history_length"] == 1, s2
+        finally:
+            browser.close()
+    seconds = time.time() - t0
+    print(f"browser part took {seconds:.1f} s")
+    if os.environ.get("PXPO_UPDATE_DOCS_SCREENSHOT"):
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copy(ARTIFACTS / "canvas_browser.png", ROOT / "docs" / "canvas.png")
+
+
+def test_paint_with_ipywidgets7_classic_notebook():
+    """Colab compatibility: the same painting under ipywidgets 7 (Colab's) in classic Notebook 6.5,
+    with Colab's enable_custom_widget_manager() simulated. Needs a separate venv (see
+    tests/browser_assets/check_ipywidgets7.py); opt in with PXPO_IPYWIDGETS7_VENV=/path/to/venv."""
+    venv = os.environ.get("PXPO_IPYWIDGETS7_VENV")
+    if not venv:
+        pytest.skip("opt-in: set PXPO_IPYWIDGETS7_VENV to a venv with ipywidgets<8, notebook<7, anywidget "
+                    "(recipe in tests/browser_assets/check_ipywidgets7.py)")
+    _require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run scripts/install_browser.sh (as root)")
+    script = ROOT / "tests" / "browser_assets" / "check_ipywidgets7.py"
+    r = subprocess.run([sys.executable, str(script), venv], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

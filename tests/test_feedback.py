@@ -1,0 +1,246 @@
+"""Feedback sessions: synthetic feedback, one PXPO round, save -> reload -> continue, bad inputs.
+
+Uses a small random tiny pipeline built in code (4 DDIM steps, 1 update per round) so each
+round takes well under a second.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from pxpo_lite import build_tiny_pipeline, world
+from pxpo_lite.canvas import HeatmapCanvas
+from pxpo_lite.feedback import (
+    FeedbackSession,
+    RefineConfig,
+    SessionError,
+    blob,
+    change_stats,
+    heatmap_to_advantages,
+    next_heatmap,
+    parse_rule,
+    step_sigmas,
+    synthetic_heatmap,
+)
+from pxpo_lite import lora
+
+PROMPT = world.all_prompts()[0]
+CFG = dict(num_steps=4, updates_per_round=1, lr=1e-2, lora_rank=2)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    return build_tiny_pipeline(seed=0)
+
+
+def _maps(shape=(32, 32)):
+    """Two reproducible painted maps: like blob / dislike blob."""
+    return [np.clip(blob(shape, 1) - blob(shape, 2), -1, 1), -blob(shape, 3)]
+
+
+# -- synthetic feedback ---------------------------------------------------------------------------
+def test_parse_rule_and_errors():
+    assert parse_rule("dislike hair, like background") == [(-1.0, "hair"), (1.0, "background")]
+    assert parse_rule("like blob; dislike shirt") == [(1.0, "blob"), (-1.0, "shirt")]
+    for bad in ("", "hate hair", "dislike hat", "like"):
+        with pytest.raises(ValueError, match="rule|clause"):
+            parse_rule(bad)
+
+
+def test_synthetic_heatmaps_are_reproducible_and_follow_the_rule():
+    p = world.render(1, seed=4)
+    img = p.images[0]
+    a = synthetic_heatmap(img, "dislike hair, like background")
+    b = synthetic_heatmap(img, "dislike hair, like background")
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.float32 and a.shape == (32, 32) and set(np.unique(a)) <= {-1.0, 0.0, 1.0}
+    labels = p.labels[0].numpy()
+    hair, bg = labels == world.PART_ID["hair"], labels == world.PART_ID["background"]
+    if hair.any():
+        assert (a[hair] < 0).mean() > 0.8  # the segmenter finds most of the true hair
+    assert (a[bg] > 0).mean() > 0.8
+    c1 = synthetic_heatmap(img, "like blob", seed=1)
+    np.testing.assert_array_equal(c1, synthetic_heatmap(img, "like blob", seed=1))
+    assert not np.array_equal(c1, synthetic_heatmap(img, "like blob", seed=2)) and c1.max() == 1
+
+
+def test_heatmap_to_advantages_zero_where_unpainted_and_area_average():
+    h = np.zeros((32, 32), np.float32)
+    h[:8, :8] = -1
+    A = heatmap_to_advantages(h, (32, 32), scale=2.0)
+    assert A.shape == (1, 32, 32) and A[0, :8, :8].eq(-2).all() and A[0, 8:].eq(0).all()
+    A8 = heatmap_to_advantages(h, (4, 4))  # a latent grid 8x coarser (Stable Diffusion)
+    assert A8.shape == (1, 4, 4) and A8[0, 0, 0] == -1 and A8[0, 1:].eq(0).all()
+
+
+def test_change_stats():
+    before = np.zeros((3, 2, 2), np.float32)
+    after = before.copy()
+    after[:, 0, 0] = 0.6
+    h = np.array([[-1, 1], [0, 0]], np.float32)
+    s = change_stats(before, after, h)
+    assert s["change_disliked"] == pytest.approx(0.6) and s["change_liked"] == 0 and s["change_unpainted"] == 0
+    assert np.isnan(s["change_ratio"])
+
+
+def test_next_heatmap_never_waits(pipe):
+    img = world.render(1, seed=2).images[0]
+    c = HeatmapCanvas()
+    h, src, msg = next_heatmap("canvas", img, canvas=c, rule="like blob")
+    assert src == "synthetic" and "no image" in msg and h.any()
+    c.set_image(img)
+    h, src, msg = next_heatmap("canvas", img, canvas=c, rule="like blob")
+    assert src == "synthetic" and "nothing is painted" in msg
+    c.paint_stroke([(4, 4)], brush="dislike")
+    h, src, _ = next_heatmap("canvas", img, canvas=c)
+    assert src == "canvas" and h.min() == -1
+    with pytest.raises(ValueError, match="FEEDBACK_SOURCE"):
+        next_heatmap("human", img)
+
+
+def test_deterministic_last_step_is_skipped(pipe):
+    pipe.scheduler.set_timesteps(4)
+    s = step_sigmas(pipe.scheduler, pipe.scheduler.timesteps, 1.0)
+    assert len(s) == 4 and s[-1] == 0 and min(s[:-1]) > 1e-3
+
+
+# -- one round ---------------------------------------------------------------------------------
+def test_round_updates_regenerates_and_leaves_the_callers_pipe_alone(pipe, tmp_path):
+    before_weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    s = FeedbackSession(pipe, PROMPT, seed=3, folder=tmp_path / "s", config=RefineConfig(**CFG))
+    img0 = s.image.clone()
+    r = s.step(_maps()[0], source="synthetic", note="blobs")
+    assert r.index == 1 and len(s.rounds) == 1 and r.seconds > 0
+    assert r.change_map.shape == (32, 32) and not np.allclose(r.image_after, img0.numpy())
+    np.testing.assert_allclose(r.image_before, img0.numpy())
+    for k in ("change_disliked", "change_liked", "change_unpainted", "change_ratio", "liked_pixels", "disliked_pixels"):
+        assert k in r.stats
+    assert r.update["updates"] == 1 and r.update["timesteps_used"] == 3
+    assert not lora.has_lora(pipe.unet)
+    for k, v in pipe.unet.state_dict().items():
+        assert torch.equal(v, before_weights[k]), k
+    assert s.summary()[0]["round"] == 1
+
+
+def test_all_zero_heatmap_makes_no_update(pipe, tmp_path, capsys):
+    s = FeedbackSession(pipe, PROMPT, seed=3, folder=tmp_path / "s", config=RefineConfig(**CFG))
+    manifest = (tmp_path / "s" / "session.json").read_text()
+    adapters = s.adapter_state()
+    assert s.step(np.zeros((32, 32), np.float32)) is None
+    assert "Nothing was painted" in capsys.readouterr().out
+    assert s.rounds == [] and (tmp_path / "s" / "session.json").read_text() == manifest
+    for k, v in s.adapter_state().items():
+        assert torch.equal(v, adapters[k])
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [(np.zeros((16, 16)), "image's size"), (np.full((32, 32), np.nan), "NaN"), (np.full((32, 32), 3.0), "[-1,1]")],
+)
+def test_bad_heatmaps_are_refused(pipe, bad, words):
+    s = FeedbackSession(pipe, PROMPT, seed=3, config=RefineConfig(**CFG))
+    with pytest.raises(ValueError) as e:
+        s.step(bad)
+    assert words in str(e.value) and s.rounds == []
+
+
+def test_bad_arguments(pipe):
+    with pytest.raises(TypeError, match="one str"):
+        FeedbackSession(pipe, [PROMPT])
+    with pytest.raises(ValueError, match="never saw"):
+        FeedbackSession(pipe, "a cat on a sofa", config=RefineConfig(**CFG))
+    with pytest.raises(ValueError, match="updates_per_round"):
+        RefineConfig(updates_per_round=0)
+
+
+# -- save -> reload -> continue ---------------------------------------------------------------
+def test_save_reload_continue_equals_uninterrupted(pipe, tmp_path):
+    m1, m2 = _maps()
+    full = FeedbackSession(pipe, PROMPT, seed=5, folder=tmp_path / "full", config=RefineConfig(**CFG))
+    full.step(m1, source="synthetic")
+    full.step(m2, source="synthetic")
+
+    part = FeedbackSession(pipe, PROMPT, seed=5, folder=tmp_path / "part", config=RefineConfig(**CFG))
+    part.step(m1, source="synthetic")
+    del part  # "kernel restart"
+    files = sorted(p.name for p in (tmp_path / "part").iterdir())
+    assert files == ["round_000", "round_001", "session.json"]
+    assert sorted(p.name for p in (tmp_path / "part" / "round_001").iterdir()) == sorted(
+        ["adapter.safetensors", "heatmap.npy", "heatmap.png", "image.npy", "image.png", "image_before.npy"]
+    )
+    resumed = FeedbackSession.load(tmp_path / "part", pipe)
+    assert len(resumed.rounds) == 1 and resumed.prompt == PROMPT and resumed.seed == 5
+    np.testing.assert_array_equal(resumed.rounds[0].heatmap, m1)
+    resumed.step(m2, source="synthetic")
+
+    np.testing.assert_allclose(resumed.image.numpy(), full.image.numpy(), atol=1e-6)
+    a, b = resumed.adapter_state(), full.adapter_state()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    for ra, rb in zip(resumed.rounds, full.rounds):
+        np.testing.assert_array_equal(ra.heatmap, rb.heatmap)
+        np.testing.assert_allclose(ra.image_after, rb.image_after, atol=1e-6)
+    again = FeedbackSession.load(tmp_path / "part", pipe)  # the continued session is on disk too
+    assert len(again.rounds) == 2 and len(again.images) == 3
+
+
+def test_reload_before_any_round(pipe, tmp_path):
+    s = FeedbackSession(pipe, PROMPT, seed=5, folder=tmp_path / "s", config=RefineConfig(**CFG))
+    r = FeedbackSession.load(tmp_path / "s", pipe)
+    assert r.rounds == [] and torch.equal(r.image, s.image)
+
+
+def test_missing_half_written_and_foreign_folders_fail_clearly(pipe, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        FeedbackSession.load(tmp_path / "nope", pipe)
+    folder = tmp_path / "s"
+    s = FeedbackSession(pipe, PROMPT, seed=5, folder=folder, config=RefineConfig(**CFG))
+    s.step(_maps()[0])
+    with pytest.raises(SessionError, match="already holds a feedback session"):
+        FeedbackSession(pipe, PROMPT, seed=5, folder=folder, config=RefineConfig(**CFG))
+
+    # an interrupted later round (temp folder, never in the manifest): warn, keep what was complete
+    shutil.copytree(folder / "round_001", folder / "round_002.tmp")
+    with pytest.warns(UserWarning, match="interrupted"):
+        assert len(FeedbackSession.load(folder, pipe).rounds) == 1
+    shutil.rmtree(folder / "round_002.tmp")
+
+    # a file the manifest lists is gone
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "round_001" / "adapter.safetensors").unlink()
+    with pytest.raises(SessionError, match="half-written.*adapter.safetensors"):
+        FeedbackSession.load(broken, pipe)
+
+    # no manifest at all (the first save was interrupted)
+    (broken / "session.json").unlink()
+    with pytest.raises(SessionError, match="no session.json"):
+        FeedbackSession.load(broken, pipe)
+
+    # a corrupt manifest
+    (broken / "session.json").write_text("{not json")
+    with pytest.raises(SessionError, match="not valid JSON"):
+        FeedbackSession.load(broken, pipe)
+    (broken / "session.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(SessionError, match="not a"):
+        FeedbackSession.load(broken, pipe)
+    (broken / "session.json").write_text(json.dumps({"format": "pxpo-lite feedback session", "version": 1}))
+    with pytest.raises(SessionError, match="malformed"):
+        FeedbackSession.load(broken, pipe)
+
+    # another base model
+    other = build_tiny_pipeline(seed=1)
+    with pytest.raises(SessionError, match="another base model"):
+        FeedbackSession.load(folder, other)
+
+    # overwrite=True starts afresh, deleting only the session's own files
+    (folder / "notes.txt").write_text("mine")
+    s2 = FeedbackSession(pipe, PROMPT, seed=6, folder=folder, config=RefineConfig(**CFG), overwrite=True)
+    assert FeedbackSession.load(folder, pipe).seed == 6 and s2.rounds == []
+    assert (folder / "notes.txt").read_text() == "mine" and not (folder / "round_001").exists()
