@@ -80,7 +80,7 @@ class TrainConfig:
     per_prompt_stats: bool = True  # per-prompt reward statistics (False: batch statistics every epoch)
     stat_buffer_size: int = 16  # rewards (or maps) kept per prompt
     stat_min_count: int = 16  # rewards a prompt needs before its own statistics are used
-    use_lora: bool | None = None  # True: LoRA adapters; False: full UNet; None: LoRA for SD (has a VAE), full for the tiny model
+    use_lora: bool | None = None  # True: LoRA adapters; False: full UNet; None: LoRA for SD (has a VAE), full for the tiny model (learns faster there; measured, see Trainer)
     lora_rank: int = 4  # LoRA rank r
     lora_alpha: float | None = None  # LoRA α (None: = rank)
     lora_targets: tuple | None = None  # module names to adapt; None: lora.SD_TARGETS for SD, lora.TINY_TARGETS for the tiny UNet
@@ -183,6 +183,13 @@ class Trainer:
         accelerator: an ``accelerate.Accelerator`` (default: a new one from the config).
 
     ``train(epochs)`` returns ``self.metrics``, a list with one plain dict per epoch.
+
+    LoRA or full UNet (``use_lora=None`` picks): Stable Diffusion gets rank-4 LoRA on the
+    attention projections, as DDPO. The tiny model trains all its weights: on "less blue"
+    (DDPO, 25 epochs × 16 samples, same seeds) the full UNet at lr 1e-4 reached the reward
+    ceiling in ~15 epochs, rank-4 LoRA (``lora.TINY_TARGETS``) needed ~25 at lr 1e-3 and barely
+    moved at DDPO's 3e-4, and was not faster per step (at 1.4 M parameters LoRA saves memory,
+    not time).
     """
 
     def __init__(self, pipe, reward_fn, config: TrainConfig | None = None, prompts=None, accelerator=None):
