@@ -67,6 +67,12 @@ def run_notebook(name: str, parameters: dict | None = None, timeout: int = 600):
         execution_timeout=timeout,
     )
     seconds = time.perf_counter() - t
+    timings = out_dir / "timings.json"
+    import json
+
+    data = json.loads(timings.read_text()) if timings.exists() else {}
+    data[name] = round(seconds, 1)
+    timings.write_text(json.dumps(data, indent=2))
     _CACHE[key] = (out, read_results(out), seconds)
     return _CACHE[key]
 

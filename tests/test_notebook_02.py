@@ -18,4 +18,3 @@ def test_notebook_02_smoke(executed_notebook):
     assert len(res["curve"]) == 2 and all(math.isfinite(c["reward_mean"]) for c in res["curve"])
     speed = res["reward_ms_vs_sampling_ms"]
     assert speed["blue"] < speed["sampling"]  # the reward is cheap next to sampling
-    assert seconds < 180, f"smoke run took {seconds:.0f} s"

@@ -72,4 +72,3 @@ def test_anatomy(path):
 def test_runs_in_smoke_mode(path, executed_notebook):
     out, results, seconds = executed_notebook(path.name)
     assert results, f"{path.name} recorded no results"
-    assert seconds < 180, f"{path.name} smoke run took {seconds:.0f} s (budget 2 min)"
