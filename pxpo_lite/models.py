@@ -69,6 +69,17 @@ def build_tokenizer():
     return tok
 
 
+def tiny_tokenizer():
+    """The shipped tokenizer if the package has one (deterministic, matches the shipped weights),
+    else a freshly trained one (:func:`build_tokenizer`)."""
+    path = TINY_PIPELINE_DIR / "tokenizer"
+    if path.is_dir():
+        from transformers import CLIPTokenizer
+
+        return CLIPTokenizer.from_pretrained(str(path))
+    return build_tokenizer()
+
+
 def build_text_encoder(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4):
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -274,7 +285,7 @@ def build_tiny_pipeline(seed: int = 0, **unet_overrides) -> TinyPortraitPipeline
     """A freshly initialised (untrained) tiny pipeline: the starting point of pretraining, and a
     random model for fast tests."""
     torch.manual_seed(seed)
-    tok = build_tokenizer()
+    tok = tiny_tokenizer()
     pipe = TinyPortraitPipeline(
         unet=build_unet(**unet_overrides), scheduler=build_scheduler(), text_encoder=build_text_encoder(tok), tokenizer=tok
     )

@@ -26,7 +26,6 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("TQDM_MININTERVAL", "5")
 
 
