@@ -20,7 +20,7 @@ setup-test:
 	bash scripts/install_browser.sh || { [ -z "$$CI" ] && echo '!! Chromium could not be installed: the browser test will be skipped'; }
 
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: setup-test
 	$(PY) -m pytest $(PYTEST_ARGS)
