@@ -30,7 +30,7 @@ to its **advantage** A = (r − baseline) / scale: better than usual → more li
 
 Non-finite rewards (NaN/inf) raise a ValueError naming the sample and its prompt.
 
-Introduced in ``notebooks/02_ddpo.ipynb`` (scalar) and ``notebooks/04_pxpo_colour.ipynb`` (maps).
+Introduced in ``notebooks/02_ddpo.ipynb`` (scalar) and ``notebooks/04_pxpo_colour_feedback.ipynb`` (maps).
 """
 from __future__ import annotations
 
