@@ -125,6 +125,25 @@ def _threshold(scheduler, x0: torch.Tensor) -> torch.Tensor:
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape)
 
 
+def _alphas(scheduler, timestep: int, device=None):
+    """(ᾱ_t, ᾱ_{t−1}) of a DDIM step as float32 0-d tensors (``DDIMScheduler.step`` steps 1–2)."""
+    prev_t = timestep - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    acp = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    a_prev = acp[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod.to(device=device, dtype=torch.float32)
+    return acp[timestep], a_prev
+
+
+def step_sigma(scheduler, timestep: int, eta: float) -> torch.Tensor:
+    """σ_t = η √((1−ᾱ_{t−1})/(1−ᾱ_t)) √(1−ᾱ_t/ᾱ_{t−1})  (DDIM eq. 16), a float32 0-d tensor."""
+    a_t, a_prev = _alphas(scheduler, int(timestep))
+    return eta * (((1 - a_prev) / (1 - a_t)) * (1 - a_t / a_prev)).clamp(min=0) ** 0.5
+
+
+def step_sigmas(scheduler, timesteps, eta: float) -> list[float]:
+    """σ_t of every step of a schedule (e.g. ``traj.timesteps``): 0 marks a deterministic step."""
+    return [float(step_sigma(scheduler, int(t), eta)) for t in torch.as_tensor(timesteps).tolist()]
+
+
 def ddim_gaussian(scheduler, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, *, eta: float,
                   use_clipped_model_output: bool = False):
     """Mean μ_t, true σ_t and x̂_0 of the DDIM step (no checks; float32; σ_t a 0-d tensor).
@@ -132,12 +151,8 @@ def ddim_gaussian(scheduler, model_output: torch.Tensor, timestep: int, sample: 
     Step numbers follow ``DDIMScheduler.step`` (diffusers 0.42.1).
     """
     cfg = scheduler.config
-    # 1. previous timestep, as diffusers computes it
-    prev_t = timestep - cfg.num_train_timesteps // scheduler.num_inference_steps
-    # 2. ᾱ_t, ᾱ_{t−1}
-    acp = scheduler.alphas_cumprod.to(device=sample.device, dtype=torch.float32)
-    a_t = acp[timestep]
-    a_prev = acp[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod.to(device=sample.device, dtype=torch.float32)
+    # 1.–2. previous timestep and ᾱ_t, ᾱ_{t−1}, as diffusers computes them
+    a_t, a_prev = _alphas(scheduler, timestep, sample.device)
     b_t = 1 - a_t
     x, out = sample.float(), model_output.float()
     # 3. x̂_0 and ε̂ from the model output

@@ -44,6 +44,7 @@ import torch
 
 from . import lora as lora_lib
 from .canvas import check_heatmap
+from .ddim import step_sigmas
 from .pixelwise import to_sample_grid
 from .sampling import sample, step_log_prob
 
@@ -215,19 +216,6 @@ class RefineConfig:
                 raise ValueError(f"RefineConfig.{name} must be an int >= 1, got {v!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"RefineConfig.lr must be > 0, got {self.lr!r}")
-
-
-def step_sigmas(scheduler, timesteps: torch.Tensor, eta: float) -> list[float]:
-    """σ_t of each DDIM step (DDIM eq. 16), as ``ddim.ddim_gaussian`` computes it."""
-    cfg = scheduler.config
-    acp = scheduler.alphas_cumprod.float()
-    out = []
-    for t in timesteps.tolist():
-        prev = int(t) - cfg.num_train_timesteps // scheduler.num_inference_steps
-        a_t = acp[int(t)]
-        a_prev = acp[prev] if prev >= 0 else scheduler.final_alpha_cumprod.float()
-        out.append(float(eta * (((1 - a_prev) / (1 - a_t)) * (1 - a_t / a_prev)).clamp(min=0) ** 0.5))
-    return out
 
 
 def pxpo_update(pipe, traj, advantages: torch.Tensor, params: Sequence[torch.nn.Parameter], config: RefineConfig, progress: bool = False) -> dict:

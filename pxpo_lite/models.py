@@ -229,12 +229,6 @@ class TinyPortraitPipeline(_pipeline_base()):
         """Model sample in [-1, 1] -> images (B,3,H,W) float32 in [0, 1]."""
         return (latents.float() / 2 + 0.5).clamp(0, 1)
 
-    def prepare_latents(self, batch_size: int, generator=None, device=None, dtype=torch.float32):
-        shape = (batch_size, self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
-        from diffusers.utils.torch_utils import randn_tensor
-
-        return randn_tensor(shape, generator=generator, device=device or self.device, dtype=dtype) * self.scheduler.init_noise_sigma
-
     @torch.no_grad()
     def __call__(
         self,
@@ -257,7 +251,9 @@ class TinyPortraitPipeline(_pipeline_base()):
         cond, uncond = self.encode_prompt(prompts, device, num_images_per_prompt, cfg)
         B = cond.shape[0]
         if latents is None:
-            latents = self.prepare_latents(B, generator, device)
+            from .sampling import initial_latents
+
+            latents = initial_latents(self, B, generator)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         for t in self.progress_bar(self.scheduler.timesteps):
             if cfg:

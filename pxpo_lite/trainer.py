@@ -158,16 +158,10 @@ def _gen(*parts) -> torch.Generator:
 
 def deterministic_steps(scheduler, timesteps: torch.Tensor, eta: float, sigma_min: float | None = None) -> list[int]:
     """Indices of steps whose σ_t ≤ sigma_min (no noise: nothing for the policy to learn there)."""
-    from .ddim import SIGMA_MIN, ddim_gaussian
+    from .ddim import SIGMA_MIN, step_sigmas
 
     sigma_min = SIGMA_MIN if sigma_min is None else sigma_min
-    z = torch.zeros(1)
-    out = []
-    for i, t in enumerate(timesteps.tolist()):
-        _, sigma, _ = ddim_gaussian(scheduler, z, int(t), z, eta=eta)
-        if float(sigma) <= sigma_min:
-            out.append(i)
-    return out
+    return [i for i, sigma in enumerate(step_sigmas(scheduler, timesteps, eta)) if sigma <= sigma_min]
 
 
 class Trainer:
