@@ -144,6 +144,23 @@ def step_sigmas(scheduler, timesteps, eta: float) -> list[float]:
     return [float(step_sigma(scheduler, int(t), eta)) for t in torch.as_tensor(timesteps).tolist()]
 
 
+def trainable_step_indices(scheduler, timesteps, eta: float) -> list[int]:
+    """Indices i of the steps of ``timesteps`` with σ_t > 0: the steps a policy gradient can train.
+
+    This is the package's one threshold between "stochastic" and "deterministic" steps, and it is
+    exact: σ_t = 0 (DDIM eq. 16) only where ᾱ_{t−1} = 1, i.e. the last step of a schedule with
+    ``set_alpha_to_one=True`` (the tiny model's "trailing" schedule). There x_{t−1} = μ_t is
+    not an action, its log-probability is evaluated with the floor ``SIGMA_MIN`` only to stay
+    finite, and it carries no gradient signal, so it is never trained. Every step with a real
+    σ_t > 0, however small, is a Gaussian action and is trained (its log-probability is exact).
+
+    ``timesteps``: the schedule that was sampled (``traj.timesteps``); ``eta`` as sampled.
+    Introduced in ``notebooks/01_denoising_as_an_mdp.ipynb``.
+    """
+    eta = _check_eta(eta)
+    return [i for i, sigma in enumerate(step_sigmas(scheduler, timesteps, eta)) if sigma > 0]
+
+
 def ddim_gaussian(scheduler, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, *, eta: float,
                   use_clipped_model_output: bool = False):
     """Mean μ_t, true σ_t and x̂_0 of the DDIM step (no checks; float32; σ_t a 0-d tensor).

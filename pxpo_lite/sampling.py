@@ -168,10 +168,7 @@ def initial_latents(pipe, batch_size: int, generator=None) -> torch.Tensor:
     """x_T ~ N(0, σ_init² I) in the UNet's sample space, drawn as the diffusers pipelines draw it."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    c, s = pipe.unet.config.in_channels, pipe.unet.config.sample_size
-    size = (s, s) if isinstance(s, int) else tuple(s)
-    shape = (batch_size, c, *size)
-    x = randn_tensor(shape, generator=generator, device=_device(pipe), dtype=_unet_dtype(pipe))
+    x = randn_tensor(_sample_shape(pipe, batch_size), generator=generator, device=_device(pipe), dtype=_unet_dtype(pipe))
     return x * pipe.scheduler.init_noise_sigma
 
 
@@ -228,6 +225,7 @@ def sample(
     negative_prompt=None,
     latents: torch.Tensor | None = None,
     progress: bool = True,
+    batch_size: int | None = None,
 ) -> Trajectory:
     """Sample B = len(prompts) trajectories with DDIM (η > 0) and record per-element log-probs.
 
@@ -245,21 +243,35 @@ def sample(
         negative_prompt: optional, with guidance.
         latents: optional x_T (B,C,h,w) instead of drawing it.
         progress: show a tqdm bar over the steps.
+        batch_size: sample at most this many prompts at a time (None: all at once). The chunks
+            are sampled one after the other with the same ``generator`` (x_T and the step noise of
+            the first chunk, then of the second, ...), so the result equals calling ``sample`` on
+            each chunk in order and concatenating with :meth:`Trajectory.cat`.
     """
     _check_scheduler_type(pipe)
     eta = _check_eta(eta)
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
     prompts = _check_prompts(pipe, prompts)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be None (all prompts at once) or an int >= 1, got {batch_size!r}")
+    if batch_size is not None and batch_size < len(prompts):
+        if latents is not None:
+            _check_latents(pipe, latents, len(prompts))
+        chunks = range(0, len(prompts), batch_size)
+        return Trajectory.cat([
+            sample(pipe, prompts[s : s + batch_size], num_steps=num_steps, eta=eta, guidance_scale=guidance_scale,
+                   generator=generator, negative_prompt=negative_prompt,
+                   latents=None if latents is None else latents[s : s + batch_size], progress=progress)
+            for s in chunks
+        ])
     w = resolve_guidance_scale(pipe, guidance_scale)
     cond, uncond = _encode(pipe, prompts, w, negative_prompt)
     B = len(prompts)
     if latents is None:
         x = initial_latents(pipe, B, generator)
     else:
-        expected = (B, pipe.unet.config.in_channels)
-        if latents.ndim != 4 or tuple(latents.shape[:2]) != expected:
-            raise ValueError(f"latents must be x_T of shape (B={B}, C={expected[1]}, h, w), got {tuple(latents.shape)}")
+        _check_latents(pipe, latents, B)
         x = latents.to(device=_device(pipe), dtype=_unet_dtype(pipe))
     scheduler = pipe.scheduler
     scheduler.set_timesteps(num_steps, device=_device(pipe))
@@ -282,6 +294,27 @@ def sample(
         guidance_scale=w,
         eta=eta,
     )
+
+
+def _sample_shape(pipe, batch_size: int) -> tuple[int, ...]:
+    """(B, C, h, w) of x_T in the UNet's sample space (its ``in_channels`` and ``sample_size``)."""
+    c, s = pipe.unet.config.in_channels, pipe.unet.config.sample_size
+    size = (s, s) if isinstance(s, int) else tuple(s)
+    return (batch_size, c, *size)
+
+
+def _check_latents(pipe, latents, batch_size: int) -> None:
+    expected = _sample_shape(pipe, batch_size)
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"latents must be x_T, a torch.Tensor of shape {expected}, got {type(latents).__name__}")
+    if tuple(latents.shape) != expected:
+        raise ValueError(
+            f"latents must be x_T of shape {expected} (B=len(prompts), C=unet.config.in_channels, "
+            f"h, w=unet.config.sample_size), got {tuple(latents.shape)}; draw it with "
+            "sampling.initial_latents(pipe, B, generator) or leave latents=None"
+        )
+    if not latents.is_floating_point():
+        raise TypeError(f"latents must be a floating-point tensor (x_T ~ N(0, I)), got dtype {latents.dtype}")
 
 
 def _check_scheduler_type(pipe) -> None:

@@ -208,3 +208,16 @@ def test_generator_and_variance_noise_exclusive():
     x, out, noise = tensors()
     with pytest.raises(ValueError, match="generator or variance_noise"):
         ddim_step_logprob(s, out, s.timesteps[0], x, eta=1.0, variance_noise=noise, generator=torch.Generator())
+
+
+def test_trainable_step_indices_are_the_steps_with_sigma_above_zero():
+    from pxpo_lite.ddim import step_sigmas, trainable_step_indices
+
+    tiny = make("tiny-v-trailing", 10)  # set_alpha_to_one: the last step has σ = 0
+    idx = trainable_step_indices(tiny, tiny.timesteps, 1.0)
+    sig = step_sigmas(tiny, tiny.timesteps, 1.0)
+    assert sig[-1] == 0.0 and idx == list(range(9))
+    sd = make("sd-eps-leading", 10)  # no step reaches ᾱ = 1: every step is stochastic, even tiny σ
+    assert trainable_step_indices(sd, sd.timesteps, 0.1) == list(range(10))
+    with pytest.raises(ValueError, match="eta"):
+        trainable_step_indices(sd, sd.timesteps, 0.0)

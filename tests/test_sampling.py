@@ -184,3 +184,27 @@ def test_non_ddim_scheduler_is_rejected():
     p.scheduler = EulerDiscreteScheduler.from_config(p.scheduler.config)
     with pytest.raises(TypeError, match="DDIMScheduler"):
         sample(p, PROMPTS[:1], progress=False)
+
+
+def test_batch_size_equals_sampling_chunk_by_chunk(pipe):
+    prompts = world.all_prompts()[:5]
+    whole = sample(pipe, prompts, num_steps=3, eta=1.0, generator=g(3), progress=False, batch_size=2)
+    gen = g(3)
+    parts = [sample(pipe, prompts[s : s + 2], num_steps=3, eta=1.0, generator=gen, progress=False) for s in (0, 2, 4)]
+    ref = Trajectory.cat(parts)
+    assert len(whole) == 5 and whole.prompts == prompts
+    for name in ("images", "latents", "log_probs", "prompt_embeds"):
+        assert torch.equal(getattr(whole, name), getattr(ref, name)), name
+    # a batch_size >= B is one chunk: identical to no batch_size
+    one = sample(pipe, prompts, num_steps=3, eta=1.0, generator=g(3), progress=False, batch_size=5)
+    assert torch.equal(one.latents, sample(pipe, prompts, num_steps=3, eta=1.0, generator=g(3), progress=False).latents)
+    # given x_T is split the same way
+    x_T = torch.randn(5, 3, 32, 32, generator=g(4))
+    a = sample(pipe, prompts, num_steps=2, eta=1.0, generator=g(5), latents=x_T, progress=False, batch_size=3)
+    assert torch.equal(a.latents[:, 0], x_T)
+
+
+@pytest.mark.parametrize("bs", [0, -1, 1.5, True, "2"])
+def test_batch_size_must_be_positive_int(pipe, bs):
+    with pytest.raises(ValueError, match="batch_size"):
+        sample(pipe, PROMPTS, num_steps=2, progress=False, batch_size=bs)
