@@ -2,17 +2,22 @@
 
 DDPO (Black et al., 2023) and PXPO (Kordzanganeh et al., 2024) treat one denoising step as an
 action a_t = x_{t-1} drawn from the policy π_θ(x_{t-1} | x_t, c). With η > 0 the DDIM update
-(Song et al., 2020, eq. 12/16) is a Gaussian with diagonal covariance (PAPER.md, "Denoising
-as a Markov decision process"):
+(Song et al., 2020, eq. 12/16) is a Gaussian with diagonal covariance (``docs/paper.md``,
+"Denoising as a Markov decision process"):
 
     x̂_0 = (x_t − √(1−ᾱ_t) ε_θ) / √ᾱ_t                         (predicted clean sample)
     σ_t = η √((1−ᾱ_{t−1})/(1−ᾱ_t)) √(1−ᾱ_t/ᾱ_{t−1})            (DDIM eq. 16)
-    μ_t = √ᾱ_{t−1} x̂_0 + √(1−ᾱ_{t−1}−σ_t²) ε_θ                 (DDIM eq. 12, no noise)
+    μ_t = √ᾱ_{t−1} x̂_0 + √max(1−ᾱ_{t−1}−σ_t², 0) ε_θ           (DDIM eq. 12, no noise)
     x_{t−1} = μ_t + σ_t z,  z ~ N(0, I)
     log p(x_{t−1}|x_t,c) = −(x_{t−1}−μ_t)²/(2σ_t²) − log σ_t − ½ log 2π     (per element)
 
 :func:`ddim_step_logprob` returns that log-density **per element** (same shape as the sample,
 float32): DDPO later averages it over (C,h,w); PXPO keeps one value per pixel.
+
+η must lie in (0, 1]: η = 0 is deterministic (no density), and for η > 1 σ_t² exceeds
+1−ᾱ_{t−1} and eq. 12 takes the square root of a negative number. For η ≤ 1 the term
+1−ᾱ_{t−1}−σ_t² is ≥ 0 in exact arithmetic but can round to about −6e-8 in float32 (the tiny
+model at 5 steps); like the σ formula we clamp it at 0, where diffusers returns NaN.
 
 The arithmetic mirrors ``diffusers.DDIMScheduler.step`` of diffusers **0.42.1** (prediction
 types ``epsilon``/``v_prediction``/``sample``, ``clip_sample``/``clip_sample_range``,
@@ -30,17 +35,15 @@ import operator
 
 import torch
 
-#: Floor for σ_t in the log-density. With ``set_alpha_to_one=True`` (the tiny model, and
-#: "trailing" schedules generally) the last step goes to ᾱ_{t−1} = 1, where σ_t = 0: the step is
-#: deterministic, x_{t−1} = μ_t, and the Gaussian log-density would be +inf (and NaN once
-#: x_{t−1} − μ_t is 0/0). We evaluate the density with σ̃_t = max(σ_t, SIGMA_MIN) instead. The
-#: *sample* still uses the true σ_t, so ``prev_sample`` is exactly what diffusers returns.
-#: At sampling time such a step scores the constant −log σ̃ − ½ log 2π ≈ 3.69 per element and
-#: its REINFORCE gradient is 0 (x_{t−1} = μ_t); after a policy update the ratio of that step moves
-#: as exp(−Δμ²/(2σ̃²)). 1e-2 is ~8× smaller than any real σ_t of the tiny model's 20-step schedule
-#: (the second-to-last is ≈0.075 at η=1) and below SD's smallest (≈0.02 with its default
-#: schedule), yet large enough that float rounding of μ (≈1e-6 in float32, ≈1e-3 in float16)
-#: changes the log-prob by < 1e-2 per element, so re-scoring is stable in half precision too.
+#: The σ used in the log-density of a **deterministic** step (σ_t = 0 exactly), and only there.
+#: With ``set_alpha_to_one=True`` (the tiny model, and "trailing" schedules generally) the last
+#: step goes to ᾱ_{t−1} = 1, where σ_t = 0: x_{t−1} = μ_t is not an action, and the Gaussian
+#: log-density would be +inf (NaN once x_{t−1} − μ_t is 0/0). There we evaluate the density with
+#: σ̃ = SIGMA_MIN instead, so it stays finite: at sampling time the constant
+#: −log σ̃ − ½ log 2π ≈ 3.69 per element, with REINFORCE gradient 0. Such a step is never trained
+#: (:func:`trainable_step_indices` leaves it out). Every step with a real σ_t > 0 — however small,
+#: e.g. SD's last step at η = 0.3 (σ ≈ 0.006) — is scored with its own σ_t, exactly. The *sample*
+#: always uses the true σ_t, so ``prev_sample`` is exactly what diffusers returns.
 SIGMA_MIN = 1e-2
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -49,7 +52,8 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 # --------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------
-def _check_scheduler(scheduler) -> None:
+def check_scheduler(scheduler) -> None:
+    """Raise unless ``scheduler`` is a diffusers ``DDIMScheduler`` whose timesteps are set."""
     from diffusers import DDIMScheduler
 
     if not isinstance(scheduler, DDIMScheduler):
@@ -65,13 +69,20 @@ def _check_scheduler(scheduler) -> None:
         )
 
 
-def _check_eta(eta) -> float:
+def check_eta(eta) -> float:
+    """η as a float; raise ValueError unless it is a number in (0, 1] (module docstring)."""
     if isinstance(eta, torch.Tensor):
         eta = float(eta)
     if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not math.isfinite(eta) or eta <= 0:
         raise ValueError(
-            f"eta must be a finite number > 0, got {eta!r}. With eta = 0 the DDIM step is "
+            f"eta must be a number in (0, 1], got {eta!r}. With eta = 0 the DDIM step is "
             "deterministic and has no log-probability; use eta=1.0 (DDPO's default) for RL."
+        )
+    if eta > 1:
+        raise ValueError(
+            f"eta must be a number in (0, 1], got {eta!r}: with eta > 1 the DDIM noise σ_t exceeds "
+            "√(1−ᾱ_{t−1}) and the step's mean takes the square root of a negative number (NaN); "
+            "use eta=1.0 (DDPO's default) for the most noise."
         )
     return float(eta)
 
@@ -103,9 +114,18 @@ def _timestep_int(scheduler, timestep) -> int:
     return timestep
 
 
+def _check_float(name: str, t: torch.Tensor) -> None:
+    if not t.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float32, float16 or bfloat16), got dtype {t.dtype}; "
+            f"an integer {name} would truncate x_{{t−1}}. Convert it with {name}.float()."
+        )
+
+
 def _check_like(name: str, t, sample: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor shaped like sample {tuple(sample.shape)}, got {type(t).__name__}")
+    _check_float(name, t)
     if t.shape != sample.shape:
         raise ValueError(
             f"{name} has shape {tuple(t.shape)} but sample has shape {tuple(sample.shape)}; they must match "
@@ -157,7 +177,7 @@ def trainable_step_indices(scheduler, timesteps, eta: float) -> list[int]:
     ``timesteps``: the schedule that was sampled (``traj.timesteps``); ``eta`` as sampled.
     Introduced in ``notebooks/01_denoising_as_an_mdp.ipynb``.
     """
-    eta = _check_eta(eta)
+    eta = check_eta(eta)
     return [i for i, sigma in enumerate(step_sigmas(scheduler, timesteps, eta)) if sigma > 0]
 
 
@@ -170,17 +190,17 @@ def ddim_gaussian(scheduler, model_output: torch.Tensor, timestep: int, sample: 
     cfg = scheduler.config
     # 1.–2. previous timestep and ᾱ_t, ᾱ_{t−1}, as diffusers computes them
     a_t, a_prev = _alphas(scheduler, timestep, sample.device)
-    b_t = 1 - a_t
+    one_minus_a_t = 1 - a_t  # 1 − ᾱ_t (diffusers calls it beta_prod_t; it is not β_t)
     x, out = sample.float(), model_output.float()
     # 3. x̂_0 and ε̂ from the model output
     if cfg.prediction_type == "epsilon":
-        x0, eps = (x - b_t**0.5 * out) / a_t**0.5, out
+        x0, eps = (x - one_minus_a_t**0.5 * out) / a_t**0.5, out
     elif cfg.prediction_type == "sample":
         x0 = out
-        eps = (x - a_t**0.5 * x0) / b_t**0.5
+        eps = (x - a_t**0.5 * x0) / one_minus_a_t**0.5
     elif cfg.prediction_type == "v_prediction":
-        x0 = a_t**0.5 * x - b_t**0.5 * out          # x̂_0 = √ᾱ x_t − √(1−ᾱ) v
-        eps = a_t**0.5 * out + b_t**0.5 * x         # ε̂  = √ᾱ v + √(1−ᾱ) x_t
+        x0 = a_t**0.5 * x - one_minus_a_t**0.5 * out     # x̂_0 = √ᾱ x_t − √(1−ᾱ) v
+        eps = a_t**0.5 * out + one_minus_a_t**0.5 * x    # ε̂  = √ᾱ v + √(1−ᾱ) x_t
     else:
         raise ValueError(
             f"scheduler.config.prediction_type is {cfg.prediction_type!r}; expected 'epsilon', 'v_prediction' or 'sample'"
@@ -191,12 +211,13 @@ def ddim_gaussian(scheduler, model_output: torch.Tensor, timestep: int, sample: 
     elif cfg.clip_sample:
         x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
     # 5. σ_t = η √((1−ᾱ_{t−1})/(1−ᾱ_t)) √(1−ᾱ_t/ᾱ_{t−1})          (DDIM eq. 16)
-    variance = ((1 - a_prev) / b_t) * (1 - a_t / a_prev)
+    variance = (((1 - a_prev) / one_minus_a_t) * (1 - a_t / a_prev)).clamp(min=0)
     sigma = eta * variance**0.5
     if use_clipped_model_output:
-        eps = (x - a_t**0.5 * x0) / b_t**0.5
+        eps = (x - a_t**0.5 * x0) / one_minus_a_t**0.5
     # 6.–7. μ_t = √ᾱ_{t−1} x̂_0 + √(1−ᾱ_{t−1}−σ_t²) ε̂            (DDIM eq. 12)
-    mean = a_prev**0.5 * x0 + (1 - a_prev - sigma**2) ** 0.5 * eps
+    # 1−ᾱ_{t−1}−σ_t² ≥ 0 for η ≤ 1 but rounds to ≈ −6e-8 on some schedules: clamp (diffusers: NaN)
+    mean = a_prev**0.5 * x0 + (1 - a_prev - sigma**2).clamp(min=0) ** 0.5 * eps
     return mean, sigma, x0
 
 
@@ -227,7 +248,7 @@ def ddim_step_logprob(
             like ``sample``; interpreted by ``scheduler.config.prediction_type``.
         timestep: the current t, one of ``scheduler.timesteps``.
         sample: x_t, (B,C,h,w) (any shape works).
-        eta: η > 0, the weight of the DDIM noise (1.0 = DDPM-like, DDPO's default).
+        eta: η ∈ (0, 1], the weight of the DDIM noise (1.0 = DDPM-like, DDPO's default).
         prev_sample: if given, the transition x_t -> prev_sample is *scored* (nothing is sampled);
             otherwise x_{t−1} = μ_t + σ_t z is drawn with ``generator`` exactly as
             ``DDIMScheduler.step`` draws it (same ``randn_tensor`` call), so the same generator
@@ -235,7 +256,8 @@ def ddim_step_logprob(
         generator: ``torch.Generator`` for the noise z.
         variance_noise: z itself (like ``DDIMScheduler.step``'s argument); excludes ``generator``.
         use_clipped_model_output: as in ``DDIMScheduler.step``.
-        sigma_min: floor σ̃_t = max(σ_t, sigma_min) used in the *density* only (see ``SIGMA_MIN``).
+        sigma_min: the σ used in the *density* of a deterministic step (σ_t = 0) only (see
+            ``SIGMA_MIN``); a step with σ_t > 0 is always scored with its own σ_t.
 
     Returns:
         prev_sample: x_{t−1}, shaped and typed like ``sample`` (differentiable w.r.t. the model
@@ -246,14 +268,15 @@ def ddim_step_logprob(
     Computation is done in float32 (half-precision inputs are upcast; for float32 inputs the
     result equals ``DDIMScheduler.step`` of diffusers 0.42.1 to float rounding).
     """
-    _check_scheduler(scheduler)
-    eta = _check_eta(eta)
+    check_scheduler(scheduler)
+    eta = check_eta(eta)
     if not isinstance(sample, torch.Tensor):
         raise TypeError(f"sample must be a torch.Tensor (x_t), got {type(sample).__name__}")
+    _check_float("sample", sample)
     _check_like("model_output", model_output, sample)
     t = _timestep_int(scheduler, timestep)
-    if not (isinstance(sigma_min, (int, float)) and sigma_min > 0):
-        raise ValueError(f"sigma_min must be a number > 0, got {sigma_min!r}")
+    if isinstance(sigma_min, bool) or not (isinstance(sigma_min, (int, float)) and math.isfinite(sigma_min) and sigma_min > 0):
+        raise ValueError(f"sigma_min must be a finite number > 0 (the σ of a deterministic step's density), got {sigma_min!r}")
 
     mean, sigma, _ = ddim_gaussian(scheduler, model_output, t, sample, eta=eta,
                                    use_clipped_model_output=use_clipped_model_output)
@@ -272,6 +295,7 @@ def ddim_step_logprob(
     else:
         _check_like("prev_sample", prev_sample, sample)
     # Score the stored (dtype-rounded) x_{t−1}, so sampling and re-scoring compute the same thing.
-    std = torch.clamp(sigma, min=sigma_min)
+    # Only a deterministic step (σ_t = 0) gets the floor; a real σ_t > 0 is used as it is.
+    std = torch.where(sigma > 0, sigma, torch.full_like(sigma, sigma_min))
     log_prob = gaussian_log_prob(prev_sample, mean, std)
     return prev_sample, log_prob

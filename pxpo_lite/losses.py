@@ -15,7 +15,7 @@ PXPO (Kordzanganeh et al. 2024), each pixel's log-prob weighted by *its own* adv
 A[b,i,j] (broadcast over the C channels):
 
 * score function (the paper's form):  L = − mean_b mean_{c,i,j} A[b,i,j] log p[b,c,i,j]
-* element-wise clipped ratio (our extension, PAPER.md): ρ[b,c,i,j] = exp(log p − log p^old),
+* element-wise clipped ratio (our extension, ``docs/paper.md``): ρ[b,c,i,j] = exp(log p − log p^old),
   L = mean_b mean_{c,i,j} max(−A ρ, −A clip(ρ, 1−ε, 1+ε))
 
 **Reduction**: a *mean* over C,h,w (not a sum) then a mean over B. With that choice a constant

@@ -4,7 +4,7 @@ Because the DDIM step's covariance is diagonal, log p_θ(x_{t−1}|x_t,c) is a s
 terms. DDPO reduces them to one number per sample (mean over C,h,w, as ddpo-pytorch does) and
 scales it by the image's reward; PXPO (Kordzanganeh et al., 2024) keeps one value per pixel and
 scales each by *its own* reward — a Kronecker delta δ between the reward's pixel and the
-log-prob's pixel (PAPER.md, "Pixel-wise policy optimisation"):
+log-prob's pixel (``docs/paper.md``, "Pixel-wise policy optimisation"):
 
     ∇J_DDPO = E[ r(x_0,c)            Σ_t ∇ log p_θ(x_{t−1}|x_t,c) ]
     ∇J_PXPO = E[ Σ_{i,j} r_{ij}(x_0,c) Σ_t ∇ log p_θ(x_{t−1}^{ij}|x_t,c) ]

@@ -1,7 +1,7 @@
 """Trajectories: sample with the DDIM policy and keep every step's per-element log-probability.
 
-A trajectory is one episode of the denoising MDP (PAPER.md, "Denoising as a Markov decision
-process"): states x_T .. x_0, actions x_{t−1}, and log π_θ(x_{t−1}|x_t,c) for every step and
+A trajectory is one episode of the denoising MDP (``docs/paper.md``, "Denoising as a
+Markov decision process"): states x_T .. x_0, actions x_{t−1}, and log π_θ(x_{t−1}|x_t,c) for every step and
 every element. RL needs these twice: at sampling time (the "old" log-probs of PPO, the baseline
 of the importance ratio ρ_t = p_θ/p_θold) and again under the current weights, with gradients,
 for the loss. :func:`sample` produces a :class:`Trajectory`; :func:`step_log_prob` re-scores one
@@ -10,20 +10,23 @@ stored transition with gradients through ``pipe.unet`` (and any LoRA adapters on
 
 Works with the tiny pixel-space pipeline (``pxpo_lite.load_tiny_pipeline``) and any diffusers
 ``StableDiffusionPipeline`` (the "sample" is then the VAE latent, decoded with ``pipe.vae``),
-with classifier-free guidance when ``guidance_scale > 1``:
-ε̂ = ε_θ(x_t, ∅) + w (ε_θ(x_t, c) − ε_θ(x_t, ∅)).
+with classifier-free guidance whenever ``guidance_scale`` w ≠ 1:
+ε̂ = ε_θ(x_t, ∅) + w (ε_θ(x_t, c) − ε_θ(x_t, ∅)) (w = 0: unconditional; 0 < w < 1: between the
+two; w = 1 needs only the conditional pass). Unlike diffusers' pipelines, which skip guidance for
+every w ≤ 1, w < 1 is applied as written, and the trajectory records the w that was used.
 
 Introduced in ``notebooks/01_denoising_as_an_mdp.ipynb`` (one step) and used from
 ``notebooks/02_*`` on.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
 import torch
 
-from .ddim import _check_eta, _check_scheduler, ddim_step_logprob
+from .ddim import check_eta, check_scheduler, ddim_step_logprob
 
 #: DDPO's classifier-free guidance for Stable Diffusion (ddpo-pytorch default), used when a
 #: pipeline has no ``default_guidance_scale`` attribute of its own and ``guidance_scale=None``.
@@ -141,9 +144,19 @@ def resolve_guidance_scale(pipe, guidance_scale: float | None) -> float:
             guidance_scale = float(default)
         else:
             guidance_scale = SD_DEFAULT_GUIDANCE if _is_latent_pipeline(pipe) else 1.0
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
-        raise ValueError(f"guidance_scale must be a number >= 0 (1.0 = no guidance), got {guidance_scale!r}")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+        raise ValueError(f"guidance_scale must be a finite number >= 0 (1.0 = no guidance), got {guidance_scale!r}")
+    if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+        raise ValueError(
+            f"guidance_scale must be a finite number >= 0 (1.0 = no guidance; DDPO uses 5.0 with Stable Diffusion), "
+            f"got {guidance_scale!r}"
+        )
     return float(guidance_scale)
+
+
+def uses_guidance(guidance_scale: float) -> bool:
+    """Whether w needs the unconditional pass: every w ≠ 1 (w = 1 is the conditional model alone)."""
+    return guidance_scale != 1.0
 
 
 def _check_prompts(pipe, prompts) -> list[str]:
@@ -185,15 +198,19 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
 
 def _encode(pipe, prompts: list[str], guidance_scale: float, negative_prompt=None):
     device = _device(pipe)
-    cond, uncond = pipe.encode_prompt(prompts, device, 1, guidance_scale > 1.0, negative_prompt)
+    guided = uses_guidance(guidance_scale)
+    cond, uncond = pipe.encode_prompt(prompts, device, 1, guided, negative_prompt)
     dtype = _unet_dtype(pipe)
     cond = cond.to(dtype)
-    uncond = uncond.to(dtype) if guidance_scale > 1.0 else None
+    uncond = uncond.to(dtype) if guided else None
     return cond, uncond
 
 
 def model_output(pipe, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
-    """The (guided) UNet prediction for x_t: one batched call [uncond; cond] when guidance_scale > 1."""
+    """The (guided) UNet prediction for x_t: one batched call [uncond; cond] when ``uncond`` is given.
+
+    ε̂ = ε_θ(x_t, ∅) + w (ε_θ(x_t, c) − ε_θ(x_t, ∅)) (classifier-free guidance); without ``uncond``
+    the conditional prediction alone (w = 1)."""
     t = t if isinstance(t, torch.Tensor) else torch.tensor(t)
     if uncond is not None:
         x_in = pipe.scheduler.scale_model_input(torch.cat([x, x]), t)
@@ -237,11 +254,12 @@ def sample(
         pipe: the tiny pipeline or a diffusers StableDiffusionPipeline with a ``DDIMScheduler``.
         prompts: str or list of str (one sample each; repeat a prompt for several samples).
         num_steps: T, DDIM steps.
-        eta: η > 0 (1.0 as in DDPO).
-        guidance_scale: w; None means the pipeline's default (see :func:`resolve_guidance_scale`).
+        eta: η in (0, 1] (1.0 as in DDPO).
+        guidance_scale: w, finite and >= 0; None means the pipeline's default (see
+            :func:`resolve_guidance_scale`). Every w ≠ 1 runs classifier-free guidance (module docstring).
         generator: ``torch.Generator`` for x_T and every step's noise.
         negative_prompt: optional, with guidance.
-        latents: optional x_T (B,C,h,w) instead of drawing it.
+        latents: optional x_T instead of drawing it: float, shape (B, unet in_channels, sample_size, sample_size).
         progress: show a tqdm bar over the steps.
         batch_size: sample at most this many prompts at a time (None: all at once). The chunks
             are sampled one after the other with the same ``generator`` (x_T and the step noise of
@@ -249,7 +267,7 @@ def sample(
             each chunk in order and concatenating with :meth:`Trajectory.cat`.
     """
     _check_scheduler_type(pipe)
-    eta = _check_eta(eta)
+    eta = check_eta(eta)
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
     prompts = _check_prompts(pipe, prompts)
@@ -327,7 +345,7 @@ def _check_scheduler_type(pipe) -> None:
         )
 
 
-def _sync_scheduler(pipe, traj: Trajectory):
+def sync_scheduler(pipe, traj: Trajectory):
     """Make pipe.scheduler use the trajectory's schedule (set_timesteps(T) if needed) and check it."""
     _check_scheduler_type(pipe)
     s = pipe.scheduler
@@ -339,8 +357,11 @@ def _sync_scheduler(pipe, traj: Trajectory):
             f"the trajectory was sampled with timesteps {traj.timesteps.tolist()} but pipe.scheduler gives "
             f"{s.timesteps.tolist()} for {T} steps: re-score with the scheduler (config) it was sampled with."
         )
-    _check_scheduler(s)
+    check_scheduler(s)
     return s
+
+
+_sync_scheduler = sync_scheduler  # old private name, still used by trainer.py (to be switched to sync_scheduler)
 
 
 def _check_step_index(traj: Trajectory, step_index) -> int:
@@ -364,7 +385,7 @@ def step_log_prob(pipe, traj: Trajectory, step_index: int, sample_idx=None) -> t
     mode (no dropout) if you expect the sampling-time log-probs back.
     """
     i = _check_step_index(traj, step_index)
-    scheduler = _sync_scheduler(pipe, traj)
+    scheduler = sync_scheduler(pipe, traj)
     sub = traj if sample_idx is None else traj.select(sample_idx)
     device, dtype = _device(pipe), _unet_dtype(pipe)
     x_t = sub.latents[:, i].to(device=device, dtype=dtype)

@@ -1,5 +1,6 @@
 """The DDIM step with per-element log-probs, against the installed diffusers DDIMScheduler.step and
 torch.distributions.Normal (issue 3, part 1)."""
+import functools
 import math
 
 import numpy as np
@@ -85,7 +86,7 @@ def test_log_prob_equals_torch_normal_elementwise(name):
     for t in s.timesteps:
         mu, sigma = diffusers_gaussian(s, out, t, x, 1.0)
         prev, lp = ddim_step_logprob(s, out, t, x, eta=1.0, variance_noise=noise)
-        std = sigma.clamp(min=SIGMA_MIN)  # the documented floor (only the last step of some schedules)
+        std = torch.where(sigma > 0, sigma, SIGMA_MIN)  # the documented floor: deterministic steps only
         ref = torch.distributions.Normal(mu.double(), std.double()).log_prob(prev.double())
         torch.testing.assert_close(lp.double(), ref, rtol=1e-5, atol=2e-4)
 
@@ -154,8 +155,8 @@ def test_timestep_accepts_int_and_tensor():
 
 
 # --- bad input ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("eta", [0, 0.0, -1.0, float("nan"), float("inf")])
-def test_eta_must_be_positive(eta):
+@pytest.mark.parametrize("eta", [0, 0.0, -1.0, float("nan"), float("inf"), 1.2, 2, True])
+def test_eta_must_be_in_zero_one(eta):
     s = make("tiny-v-trailing")
     x, out, _ = tensors()
     with pytest.raises(ValueError, match="eta"):
@@ -221,3 +222,79 @@ def test_trainable_step_indices_are_the_steps_with_sigma_above_zero():
     assert trainable_step_indices(sd, sd.timesteps, 0.1) == list(range(10))
     with pytest.raises(ValueError, match="eta"):
         trainable_step_indices(sd, sd.timesteps, 0.0)
+
+
+# --- defects of issue 9 ---------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _shipped_config():
+    from pxpo_lite.models import load_tiny_pipeline
+
+    return load_tiny_pipeline().scheduler.config
+
+
+def _shipped_scheduler(steps):
+    """The shipped tiny model's scheduler after set_timesteps(steps)."""
+    s = DDIMScheduler.from_config(_shipped_config())
+    s.set_timesteps(steps)
+    return s
+
+
+def test_every_num_steps_1_to_50_gives_finite_steps_with_the_shipped_schedule():
+    # 1 − ᾱ_{t−1} − σ² rounds to −6e-8 at 5 steps (η = 1): it used to be square-rooted into NaN
+    x, out, noise = tensors(11)
+    for steps in range(1, 51):
+        s = _shipped_scheduler(steps)
+        for t in s.timesteps:
+            prev, lp = ddim_step_logprob(s, out, t, x, eta=1.0, variance_noise=noise)
+            assert torch.isfinite(prev).all() and torch.isfinite(lp).all(), (steps, int(t))
+
+
+def test_shipped_model_samples_finite_at_5_steps():
+    import pxpo_lite
+    from pxpo_lite.sampling import sample
+
+    pipe = pxpo_lite.load_tiny_pipeline()
+    tr = sample(pipe, ["a portrait"], num_steps=5, eta=1.0, generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.isfinite(tr.images).all() and torch.isfinite(tr.log_probs).all()
+
+
+def _sigma64(s, t, eta):
+    """σ_t of DDIM eq. 16 in float64, from the scheduler's ᾱ table alone."""
+    acp = s.alphas_cumprod.double()
+    prev = int(t) - s.config.num_train_timesteps // s.num_inference_steps
+    a_t = acp[int(t)]
+    a_prev = acp[prev] if prev >= 0 else s.final_alpha_cumprod.double()
+    return float(eta * (((1 - a_prev) / (1 - a_t)) * (1 - a_t / a_prev)).clamp(min=0).sqrt())
+
+
+@pytest.mark.parametrize("config, steps, eta", [
+    (CONFIGS["sd-eps-leading"], 50, 0.3),   # SD's schedule: the last step has σ ≈ 0.006
+    (CONFIGS["sd-eps-leading"], 50, 0.1),   # three steps below 1e-2
+    ({}, 10, 0.5),                          # diffusers' default DDIMScheduler, 10 steps
+])
+def test_small_real_sigma_gives_the_exact_gaussian_log_prob(config, steps, eta):
+    s = DDIMScheduler(**config)
+    s.set_timesteps(steps)
+    x, out, noise = tensors(12)
+    small = 0
+    for t in s.timesteps:
+        sigma = _sigma64(s, t, eta)
+        if sigma == 0:
+            continue  # deterministic step: floored (tested above)
+        small += sigma < SIGMA_MIN
+        mu, _ = diffusers_gaussian(s, out, t, x, eta)
+        prev, lp = ddim_step_logprob(s, out, t, x, eta=eta, variance_noise=noise)
+        ref = torch.distributions.Normal(mu.double(), sigma).log_prob(prev.double())
+        torch.testing.assert_close(lp.double(), ref, rtol=1e-4, atol=5e-3)
+    assert small >= 1  # the case that used to be floored to SIGMA_MIN
+
+
+def test_integer_sample_is_rejected():
+    s = make("tiny-v-trailing")
+    x, out, _ = tensors()
+    with pytest.raises(TypeError, match="sample must be a floating-point tensor"):
+        ddim_step_logprob(s, out, s.timesteps[0], (x * 10).long(), eta=1.0)
+    with pytest.raises(TypeError, match="model_output must be a floating-point tensor"):
+        ddim_step_logprob(s, out.long(), s.timesteps[0], x, eta=1.0)
+    with pytest.raises(TypeError, match="prev_sample must be a floating-point tensor"):
+        ddim_step_logprob(s, out, s.timesteps[0], x, eta=1.0, prev_sample=x.long())

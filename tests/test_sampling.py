@@ -208,3 +208,36 @@ def test_batch_size_equals_sampling_chunk_by_chunk(pipe):
 def test_batch_size_must_be_positive_int(pipe, bs):
     with pytest.raises(ValueError, match="batch_size"):
         sample(pipe, PROMPTS, num_steps=2, progress=False, batch_size=bs)
+
+
+# --- defects of issue 9 ---------------------------------------------------------------------------
+@pytest.mark.parametrize("w", [float("inf"), float("nan"), -0.5, True, "3"])
+def test_guidance_scale_must_be_finite_and_non_negative(pipe, w):
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
+        sample(pipe, PROMPTS[:1], num_steps=2, guidance_scale=w, progress=False)
+
+
+def test_guidance_below_one_is_applied_and_recorded(pipe):
+    # w = 0 is the unconditional model: the same as sampling the empty prompt without guidance
+    tr0 = sample(pipe, PROMPTS[:2], num_steps=3, guidance_scale=0.0, generator=g(6), progress=False)
+    assert tr0.guidance_scale == 0.0 and tr0.negative_prompt_embeds is not None
+    empty = sample(pipe, ["", ""], num_steps=3, guidance_scale=1.0, generator=g(6), progress=False)
+    torch.testing.assert_close(tr0.latents, empty.latents, rtol=0, atol=1e-5)
+    # 0 < w < 1 lies between the unconditional and the conditional sample, and differs from both
+    tr_half = sample(pipe, PROMPTS[:2], num_steps=3, guidance_scale=0.5, generator=g(6), progress=False)
+    tr1 = sample(pipe, PROMPTS[:2], num_steps=3, guidance_scale=1.0, generator=g(6), progress=False)
+    assert tr_half.guidance_scale == 0.5 and tr1.negative_prompt_embeds is None
+    assert not torch.allclose(tr_half.latents, tr1.latents) and not torch.allclose(tr_half.latents, tr0.latents)
+    # re-scoring uses the recorded w: it reproduces the sampling-time log-probs
+    assert (rescore(pipe, tr_half) - tr_half.log_probs).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("shape, dtype, exc, message", [
+    ((3, 3, 16, 16), torch.float32, ValueError, r"latents must be x_T of shape \(3, 3, 32, 32\)"),  # used to give 16×16 images
+    ((3, 4, 32, 32), torch.float32, ValueError, r"latents must be x_T of shape \(3, 3, 32, 32\)"),  # wrong channels
+    ((3, 3, 32), torch.float32, ValueError, r"latents must be x_T of shape \(3, 3, 32, 32\)"),      # not 4-d
+    ((3, 3, 32, 32), torch.int64, TypeError, r"latents must be a floating-point tensor .*int64"),  # integer x_T
+])
+def test_latents_must_match_the_unet_sample_shape(pipe, shape, dtype, exc, message):
+    with pytest.raises(exc, match=message):
+        sample(pipe, PROMPTS, num_steps=2, latents=torch.zeros(shape, dtype=dtype), progress=False)
