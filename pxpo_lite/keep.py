@@ -1,0 +1,385 @@
+"""The per-pixel keep term: a closed-form KL to the reference policy, weighted pixel by pixel.
+
+Feedback says what to change; everything it says nothing about should stay as it was. A DDIM
+step is a Gaussian policy π_θ(x_{t−1}|x_t,c) = N(μ_θ, σ_t² I) whose σ_t depends only on the
+schedule (``pxpo_lite.ddim``), so the trained policy and the reference one (the model before
+training) share σ_t and their KL divergence is closed-form, element by element:
+
+    KL(N(μ, σ²) ‖ N(μ', σ'²)) = log(σ'/σ) + (σ² + (μ − μ')²) / (2σ'²) − ½
+    with σ = σ' = σ_t:   KL_{c,ij} = (μ_θ − μ_ref)²_{c,ij} / (2σ_t²)          (:func:`gaussian_kl`)
+
+Because the covariance is diagonal the step's KL is the sum of these per-element terms, so it
+can be weighted **per pixel**, exactly like PXPO weights per-pixel log-probabilities. The keep
+term added to the loss (to minimise) of one stored transition is
+
+    L_keep = β · mean_{b,c,i,j} [ w_{b,ij} · (μ_θ − μ_ref)²_{b,c,ij} / (2σ_t²) ]     (:func:`keep_term`)
+
+with a weight map w on the sample grid: 1 where the feedback says nothing (unpainted pixels,
+pixels outside a region; :func:`keep_weights_from_heatmap`, :func:`keep_weights_from_mask`), 0
+where change is asked for. w ≡ 1 is the usual global KL regulariser (notebooks 03/04); a
+painted w is the localised one (notebook 06). The term is exactly 0 at θ = θ_ref and so is its
+gradient; it grows only where the mean of the step moves.
+
+μ_ref costs one extra UNet forward per trained step, without gradients (:func:`step_means`
+with ``reference=True``): with LoRA, the same UNet with its adapters switched off
+(:func:`adapters_disabled`); for full-UNet training, a frozen copy made before training
+(:func:`frozen_copy`). ``python -m pxpo_lite.keep`` measures that cost.
+
+Use in an update (one stored transition: step ``i``, samples ``idx``)::
+
+    pol = keep.step_means(pipe, traj, i, idx)                     # with grad; pol.log_prob for PXPO
+    ref = keep.step_means(pipe, traj, i, idx, reference=True)     # no grad, adapters off
+    kt = keep.keep_term(pol.mean, ref.mean, pol.sigma, weights[idx], beta)
+    loss = pg_loss(pol.log_prob, ...) + kt.term
+
+Introduced in ``notebooks/06_human_feedback_canvas.ipynb`` (painted keep map) and
+``notebooks/04_pxpo_colour_feedback.ipynb`` (global β).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import types
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .ddim import ddim_gaussian, ddim_step_logprob
+from .pixelwise import to_sample_grid
+from .sampling import Trajectory, model_output
+
+
+# --------------------------------------------------------------------------------------------
+# The KL and its weights
+# --------------------------------------------------------------------------------------------
+def _check_sigma(sigma, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, torch.Tensor)):
+        raise TypeError(f"sigma must be a number or a tensor (σ_t of the step), got {type(sigma).__name__}")
+    s = torch.as_tensor(sigma, dtype=torch.float32, device=like.device)
+    try:
+        torch.broadcast_shapes(s.shape, like.shape)
+    except RuntimeError:
+        raise ValueError(f"sigma of shape {tuple(s.shape)} does not broadcast to the means' shape {tuple(like.shape)}") from None
+    if not torch.isfinite(s).all() or not (s > 0).all():
+        raise ValueError(
+            f"sigma must be finite and > 0, got min {float(s.min()):.3g}; σ_t = 0 is a deterministic step "
+            "(no policy, the KL is undefined): train only ddim.trainable_step_indices(...)."
+        )
+    return s
+
+
+def gaussian_kl(mu: torch.Tensor, mu_ref: torch.Tensor, sigma) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(μ_ref, σ²)) per element = (μ − μ_ref)² / (2σ²), float32, shaped like ``mu``.
+
+    Equal-σ Gaussians (both DDIM policies share σ_t): the log-ratio and variance terms of the
+    general formula cancel. ``sigma``: a number or a tensor broadcastable to ``mu`` (> 0).
+    """
+    for name, t in (("mu", mu), ("mu_ref", mu_ref)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (the step's mean, e.g. (B,C,h,w)), got {type(t).__name__}")
+    if mu.shape != mu_ref.shape:
+        raise ValueError(f"mu has shape {tuple(mu.shape)} but mu_ref has {tuple(mu_ref.shape)}; both are the same step's means")
+    s = _check_sigma(sigma, mu)
+    return (mu.float() - mu_ref.float()) ** 2 / (2 * s**2)
+
+
+def _heatmap_tensor(heatmap) -> torch.Tensor:
+    if isinstance(heatmap, np.ndarray):
+        heatmap = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))
+    if not isinstance(heatmap, torch.Tensor):
+        raise TypeError(f"heatmap must be a NumPy array or torch tensor (H,W) or (B,H,W), got {type(heatmap).__name__}")
+    h = heatmap.detach().float()
+    if h.ndim == 2:
+        h = h[None]
+    if h.ndim != 3:
+        raise ValueError(f"heatmap must be (H,W) or (B,H,W) at image resolution, got shape {tuple(heatmap.shape)}")
+    if not torch.isfinite(h).all():
+        raise ValueError("heatmap contains NaN/inf; a painted map has finite values in [-1, 1]")
+    if h.numel() and (h.min() < -1 - 1e-4 or h.max() > 1 + 1e-4):
+        raise ValueError(f"heatmap values must lie in [-1, 1] (−1 dislike … +1 like), got [{float(h.min()):.3g}, {float(h.max()):.3g}]")
+    return h.clamp(-1, 1)
+
+
+def _check_outside(outside) -> float:
+    if isinstance(outside, bool) or not isinstance(outside, (int, float)) or not math.isfinite(outside) or outside < 0:
+        raise ValueError(f"outside must be a finite number >= 0 (the keep weight where feedback says nothing), got {outside!r}")
+    return float(outside)
+
+
+def keep_weights_from_heatmap(heatmap, sample_size, keep_liked: bool = True, outside: float = 1.0) -> torch.Tensor:
+    """Keep weights (1 or B, h, w) on the sample grid from a painted map h ∈ [−1, 1] (H,W) or (B,H,W).
+
+    Per image pixel: ``outside`` where nothing was painted (h = 0), 0 where disliked (h = −1),
+    on liked pixels (h = +1) ``outside`` if ``keep_liked`` else 0; soft strokes interpolate,
+    w = outside·(1 − max(−h, 0)) with ``keep_liked``, outside·(1 − |h|) without. The map is then
+    area-averaged to ``sample_size`` (h, w) (``pixelwise.to_sample_grid``; identity for the tiny
+    model, 64×64 → 8×8 for Stable Diffusion latents). Example::
+
+        w = keep_weights_from_heatmap(synthetic_heatmap(img, "dislike hair, like background"), (32, 32))
+    """
+    h = _heatmap_tensor(heatmap)
+    out = _check_outside(outside)
+    free = (-h).clamp(min=0) if keep_liked else h.abs()
+    return to_sample_grid(out * (1 - free), sample_size)
+
+
+def keep_weights_from_mask(mask, sample_size, outside: float = 1.0) -> torch.Tensor:
+    """Keep weights (1 or B, h, w) for region-focused feedback: 0 inside the region, ``outside`` elsewhere.
+
+    ``mask``: (H,W) or (B,H,W) in [0, 1], 1 = the region the reward is about (e.g.
+    ``regions.region_mask("shirt", images)``); area-averaged to ``sample_size``.
+    """
+    m = _heatmap_tensor(mask)
+    if m.numel() and m.min() < 0:
+        raise ValueError(f"mask values must lie in [0, 1] (1 = inside the region), got min {float(m.min()):.3g}")
+    return to_sample_grid(_check_outside(outside) * (1 - m), sample_size)
+
+
+class KeepTerm(NamedTuple):
+    """``term``: β·mean(w·KL), 0-d with grad; ``kl``: (B,C,h,w) per-element KL (detached);
+    ``stats``: floats — ``kl`` (plain mean), ``kl_kept`` (w-weighted mean where w > 0),
+    ``kl_free`` (mean where w = 0, NaN if none), ``keep_fraction`` (mean w), ``term``."""
+
+    term: torch.Tensor
+    kl: torch.Tensor
+    stats: dict
+
+
+def _check_beta(beta) -> float:
+    if isinstance(beta, torch.Tensor) and beta.numel() == 1:
+        beta = float(beta)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite number >= 0 (the keep term's weight; 0 switches it off), got {beta!r}")
+    return float(beta)
+
+
+def keep_term(mu: torch.Tensor, mu_ref: torch.Tensor, sigma, weights: torch.Tensor | None = None, beta: float = 1.0) -> KeepTerm:
+    """β · mean_{b,c,i,j}[w_{b,ij} (μ − μ_ref)² / (2σ²)] for one step: the keep term to ADD to the loss.
+
+    ``mu`` (B,C,h,w) with grad (trained policy), ``mu_ref`` the reference mean (treated as a
+    constant: detached), ``sigma`` σ_t > 0, ``weights`` (B,h,w), (1,h,w) or (h,w) on the sample
+    grid, ≥ 0, broadcast over C (None: 1 everywhere, the global KL), ``beta`` ≥ 0.
+    """
+    beta = _check_beta(beta)
+    if not isinstance(mu, torch.Tensor) or mu.ndim != 4:
+        raise ValueError(f"mu must be the step's mean (B,C,h,w), got {getattr(mu, 'shape', type(mu).__name__)}")
+    kl = gaussian_kl(mu, mu_ref.detach() if isinstance(mu_ref, torch.Tensor) else mu_ref, sigma)
+    B, _, h, w = mu.shape
+    if weights is None:
+        wt = kl.new_ones(1, h, w)
+    else:
+        if not isinstance(weights, torch.Tensor):
+            raise TypeError(f"weights must be a torch.Tensor (B,h,w) on the sample grid, got {type(weights).__name__}")
+        wt = weights.detach().to(device=kl.device, dtype=torch.float32)
+        wt = wt[None] if wt.ndim == 2 else wt
+        if wt.ndim != 3 or wt.shape[0] not in (1, B) or tuple(wt.shape[1:]) != (h, w):
+            raise ValueError(
+                f"weights have shape {tuple(weights.shape)} but the means {tuple(mu.shape)} need ({B}, {h}, {w}) or (1, {h}, {w}); "
+                f"make them with keep_weights_from_heatmap(map, sample_size=({h}, {w})) or pixelwise.to_sample_grid"
+            )
+        if not torch.isfinite(wt).all() or (wt < 0).any():
+            raise ValueError("weights must be finite and >= 0 (1 = keep, 0 = free to change)")
+    wk = wt[:, None] * kl  # (B,C,h,w)
+    term = beta * wk.mean()
+    with torch.no_grad():
+        wb = wt.expand(B, h, w)[:, None].expand_as(kl)
+        free = wb == 0
+        stats = {
+            "kl": float(kl.mean()),
+            "kl_kept": float(wk.sum() / wb.sum()) if float(wb.sum()) > 0 else float("nan"),
+            "kl_free": float(kl[free].mean()) if bool(free.any()) else float("nan"),
+            "keep_fraction": float(wb.mean()),
+            "term": float(term),
+        }
+    return KeepTerm(term, kl.detach(), stats)
+
+
+# --------------------------------------------------------------------------------------------
+# μ_θ and μ_ref of a stored transition
+# --------------------------------------------------------------------------------------------
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module  # DDP / accelerate wrappers
+    return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(unet: torch.nn.Module):
+    """Run ``unet`` as its base model: every LoRA (peft) adapter off inside the block, restored after.
+
+    diffusers' ``unet.disable_adapters()`` only works for adapters loaded through diffusers
+    (it checks ``_hf_peft_config_loaded``); this works for any peft tuner layers, including
+    those added by ``pxpo_lite.lora.add_lora``. peft's ``enable_adapters`` also flips
+    ``requires_grad``; every parameter's flag and each layer's on/off state are restored on
+    exit, also when the block raises.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer  # peft: optional until LoRA is used
+
+    model = _unwrap(unet)
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no LoRA adapters to disable; for full-UNet training pass "
+            "reference_unet=keep.frozen_copy(pipe.unet) (made before training) instead"
+        )
+    if any(m.merged for m in layers):
+        raise ValueError("the UNet's adapters are merged into its weights; disabling them would unmerge in place. Keep them unmerged while training")
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_disabled = [bool(m.disable_adapters) for m in layers]
+    try:
+        for m in layers:
+            m.enable_adapters(False)
+        yield unet
+    finally:
+        for m, off in zip(layers, was_disabled):
+            m.enable_adapters(not off)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def frozen_copy(unet: torch.nn.Module) -> torch.nn.Module:
+    """A frozen reference UNet for full-UNet training: a deep copy in eval mode, no gradients.
+
+    Make it **before** the first update (it costs one UNet of memory).
+    """
+    ref = copy.deepcopy(_unwrap(unet)).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+class StepGaussian(NamedTuple):
+    """One stored transition under some weights: ``mean`` μ (b,C,h,w) float32, ``sigma`` σ_t (0-d),
+    ``log_prob`` log p(x_{t−1}|x_t,c) per element (as ``sampling.step_log_prob``)."""
+
+    mean: torch.Tensor
+    sigma: torch.Tensor
+    log_prob: torch.Tensor
+
+
+def _schedule(pipe, traj: Trajectory):
+    s, T = pipe.scheduler, traj.num_steps
+    if s.num_inference_steps != T or not torch.equal(s.timesteps.cpu(), traj.timesteps.cpu()):
+        s.set_timesteps(T, device=next(pipe.unet.parameters()).device)
+    if not torch.equal(s.timesteps.cpu(), traj.timesteps.cpu()):
+        raise ValueError(f"the trajectory's timesteps {traj.timesteps.tolist()} differ from pipe.scheduler's {s.timesteps.tolist()}; "
+                         "use the scheduler (config) it was sampled with")
+    return s
+
+
+def step_means(pipe, traj: Trajectory, step_index: int, sample_idx=None, reference: bool = False,
+               reference_unet: torch.nn.Module | None = None) -> StepGaussian:
+    """μ, σ_t and per-element log-prob of stored step ``step_index`` for samples ``sample_idx``.
+
+    ``reference=False``: the trained policy, WITH gradients (one UNet forward gives both μ_θ
+    for the keep term and the log-prob for the policy gradient; the log-prob equals
+    ``sampling.step_log_prob`` bit for bit). ``reference=True``: μ_ref under ``torch.no_grad``,
+    from ``reference_unet`` if given, else from ``pipe.unet`` with its LoRA adapters disabled.
+    Guidance, η and the schedule are the trajectory's. Keep the UNet in eval mode (no dropout).
+    """
+    if not isinstance(traj, Trajectory):
+        raise TypeError(f"traj must be a pxpo_lite.Trajectory (from pxpo_lite.sample), got {type(traj).__name__}")
+    T = traj.num_steps
+    if isinstance(step_index, bool) or not isinstance(step_index, (int, np.integer)) or not -T <= step_index < T:
+        raise ValueError(f"step_index must be an int in [0, {T}) (the trajectory has T={T} steps), got {step_index!r}")
+    if reference_unet is not None and not reference:
+        raise ValueError("reference_unet is only used with reference=True (it gives μ_ref); drop it for the trained policy's μ_θ")
+    i = int(step_index) % T
+    scheduler = _schedule(pipe, traj)
+    sub = traj if sample_idx is None else traj.select(sample_idx)
+    p0 = next(pipe.unet.parameters())
+    x_t = sub.latents[:, i].to(device=p0.device, dtype=p0.dtype)
+    x_prev = sub.latents[:, i + 1].to(device=p0.device, dtype=p0.dtype)
+    cond = sub.prompt_embeds.to(device=p0.device, dtype=p0.dtype)
+    uncond = None if sub.negative_prompt_embeds is None else sub.negative_prompt_embeds.to(device=p0.device, dtype=p0.dtype)
+    w = sub.guidance_scale if uncond is not None else 1.0
+    t = scheduler.timesteps[i]
+    if not reference:
+        out = model_output(pipe, x_t, t, cond, uncond, w)
+    elif reference_unet is not None:
+        ref_pipe = types.SimpleNamespace(unet=reference_unet, scheduler=scheduler)  # model_output reads only these two
+        with torch.no_grad():
+            out = model_output(ref_pipe, x_t, t, cond, uncond, w)
+    else:
+        with torch.no_grad(), adapters_disabled(pipe.unet):
+            out = model_output(pipe, x_t, t, cond, uncond, w)
+    _, lp = ddim_step_logprob(scheduler, out, t, x_t, eta=sub.eta, prev_sample=x_prev)
+    mean, sigma, _ = ddim_gaussian(scheduler, out, int(t), x_t, eta=sub.eta)
+    return StepGaussian(mean, sigma, lp)
+
+
+# --------------------------------------------------------------------------------------------
+# Cost of μ_ref:  python -m pxpo_lite.keep --batch 1 8 --reps 5 --threads 1
+# --------------------------------------------------------------------------------------------
+def measure_reference_cost(pipe, batch_sizes=(1, 8), reps: int = 5, num_steps: int = 10, step_index: int = 4,
+                           reference_unet: torch.nn.Module | None = None, seed: int = 0) -> dict:
+    """Median seconds of one trained step (forward with grad + backward) without and with μ_ref.
+
+    "without": ``step_log_prob`` → PXPO-style loss → backward; "with": :func:`step_means` for
+    μ_θ and μ_ref (adapters off, or ``reference_unet``) → the same loss + :func:`keep_term` →
+    backward. Repetitions are interleaved; returns ``{batch: {"without_s", "with_s", "ratio"}}``.
+    """
+    import time
+
+    from .sampling import sample, step_log_prob
+
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("pipe.unet has no trainable parameters: add LoRA adapters (lora.add_lora) or unfreeze it")
+    result = {}
+    for B in batch_sizes:
+        traj = sample(pipe, ["a portrait with long blue hair and a red shirt on a pink background"] * B, num_steps=num_steps,
+                      generator=torch.Generator().manual_seed(seed), progress=False)
+        adv = torch.randn(B, *traj.latents.shape[-2:], generator=torch.Generator().manual_seed(seed))
+
+        def without():
+            lp = step_log_prob(pipe, traj, step_index)
+            (-(adv[:, None] * lp).mean()).backward()
+
+        def with_ref():
+            pol = step_means(pipe, traj, step_index)
+            ref = step_means(pipe, traj, step_index, reference=True, reference_unet=reference_unet)
+            (-(adv[:, None] * pol.log_prob).mean() + keep_term(pol.mean, ref.mean, pol.sigma, None, 10.0).term).backward()
+
+        times = {"without": [], "with": []}
+        for r in range(reps + 1):  # the first round warms up and is dropped
+            for name, fn in (("without", without), ("with", with_ref)):
+                for p in params:
+                    p.grad = None
+                t0 = time.perf_counter()
+                fn()
+                if r:
+                    times[name].append(time.perf_counter() - t0)
+        a, b = float(np.median(times["without"])), float(np.median(times["with"]))
+        result[B] = {"without_s": a, "with_s": b, "ratio": b / a}
+    return result
+
+
+def _main(argv=None) -> None:
+    import argparse
+    import json
+
+    from . import lora
+    from .models import load_tiny_pipeline
+
+    ap = argparse.ArgumentParser(description="Cost of the keep term's reference forward on the shipped tiny model.")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mode", choices=["lora", "full"], default="lora", help="lora: adapters off for μ_ref; full: frozen copy")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pipe = load_tiny_pipeline()
+    ref = None
+    if args.mode == "lora":
+        lora.add_lora(pipe.unet, 4, target_modules=lora.TINY_TARGETS)
+    else:
+        ref = frozen_copy(pipe.unet)
+        pipe.unet.requires_grad_(True)
+    res = measure_reference_cost(pipe, args.batch, args.reps, reference_unet=ref)
+    print(json.dumps({"mode": args.mode, "threads": args.threads, "reps": args.reps, "results": res}, indent=2))
+
+
+if __name__ == "__main__":
+    _main()
