@@ -119,3 +119,24 @@ def load_sd_pipeline(
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def float32_adapters(params) -> int:
+    """Cast LoRA adapter parameters to float32 in place; returns how many were cast.
+
+    peft creates adapters in the dtype of the layer they wrap, so on a float16 SD UNet they are
+    float16 — and AdamW on float16 weights fails quietly: its ε = 1e-8 rounds to 0 in float16 and
+    small updates round away (ddpo-pytorch and diffusers' LoRA scripts keep adapters in float32).
+    peft casts each adapter's input to the adapter's dtype and adds the result back in the base
+    layer's dtype, so the float16 UNet runs unchanged. Call it on ``Trainer.params`` or
+    ``FeedbackSession.params`` before the first update: their AdamW state is created lazily, in
+    the parameters' dtype. The parameter objects stay the same (optimisers keep them).
+    """
+    n = 0
+    for p in params:
+        if not isinstance(p, torch.nn.Parameter):
+            raise TypeError(f"params must be torch.nn.Parameter objects (e.g. trainer.params), got {type(p).__name__}")
+        if p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
+            n += 1
+    return n
