@@ -23,12 +23,25 @@ to its **advantage** A = (r − baseline) / scale: better than usual → more li
   A per-pixel baseline removes what every image of a prompt has in common at that pixel (a
   corner that is always background), so only *differences between samples* push. A single
   scalar std (not one per pixel) keeps pixels that barely vary (std ≈ 0) from exploding.
-  If every map of a group is constant across samples — e.g. all zeros, as the hair reward on
-  bald prompts — there is no signal: we warn and return zeros (never divide by zero).
   With constant maps r_b[i,j] = r_b this reduces *exactly* to the scalar advantages above, so
   DDPO is PXPO with constant maps (tested).
 
-Non-finite rewards (NaN/inf) raise a ValueError naming the sample and its prompt.
+**No signal** (both kinds). Normalising by the std turns *any* difference into advantages of
+size ~1, however small, so a group whose rewards differ only by noise would be trained on that
+noise. The rule, relative to the rewards' own scale::
+
+      no signal  ⇔  s ≤ ε + rel_tol · max |r|      (max over the group; rel_tol = REL_TOL = 1e-4)
+
+Differences below 1e-4 of the rewards' magnitude are treated as none: float32 rounding is
+≈ 6e-8 of the magnitude and a reward network's numerical noise ≈ 1e-6–1e-5. So maps of
+magnitude 1000 that differ by float rounding, or maps of magnitude 1 where one pixel differs by
+1e-3 (s ≈ 1e-5), give no signal, while a reward's real spread passes. If a reward
+carries a large constant offset (say 1000 ± 0.05) subtract it in the reward function. Without
+signal — e.g. all-zero hair maps on bald prompts — we warn (:class:`NoSignalWarning`) and
+return zeros (never divide by zero).
+
+Rewards are checked by :func:`pxpo_lite.rewards.check_reward`: an empty batch, a NaN/inf, or a
+value too large for float32 raises a ValueError naming the samples and their prompts.
 
 Introduced in ``notebooks/02_ddpo.ipynb`` (scalar) and ``notebooks/04_pxpo_colour_feedback.ipynb`` (maps).
 """
@@ -41,48 +54,40 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .rewards import check_reward
+
 EPS = 1e-6
-"""ε added to every std (ddpo-pytorch uses 1e-6); a group whose std is below it has no signal."""
+"""ε added to every std (ddpo-pytorch uses 1e-6); the absolute part of the no-signal threshold."""
+
+REL_TOL = 1e-4
+"""The relative part of the no-signal threshold: a group's std ≤ EPS + REL_TOL · max|r| is no signal."""
 
 
 class NoSignalWarning(UserWarning):
     """Every reward of a group is the same: its advantages are all zero and nothing is learned."""
 
 
-def _as_numpy(rewards, what: str = "rewards") -> np.ndarray:
+def _as_float64(rewards, what: str = "rewards") -> torch.Tensor:
+    """Rewards as a float64 CPU tensor (float64, so a too-large value is reported as such, not as inf)."""
     if isinstance(rewards, torch.Tensor):
-        rewards = rewards.detach().to(torch.float64).cpu().numpy()
+        return rewards.detach().to(device="cpu", dtype=torch.float64)
     try:
-        arr = np.asarray(rewards, dtype=np.float64)
+        return torch.as_tensor(np.asarray(rewards, dtype=np.float64))
     except (TypeError, ValueError) as e:
         raise TypeError(f"{what} must be a tensor/array of numbers, got {type(rewards).__name__} ({e})") from None
-    return arr
 
 
-def check_finite_rewards(rewards, prompts: Sequence[str] | None = None, what: str = "rewards") -> None:
-    """Raise ValueError naming every sample (and its prompt) whose reward (or any pixel of it) is NaN/inf."""
-    arr = _as_numpy(rewards, what)
-    if arr.ndim == 0:
-        arr = arr[None]
-    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
-    if bad.any():
-        idx = np.flatnonzero(bad).tolist()
-        who = "; ".join(
-            f"sample {i}" + (f" (prompt {prompts[i]!r})" if prompts is not None and i < len(prompts) else "") for i in idx[:5]
-        )
-        more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
-        raise ValueError(
-            f"{what} contain NaN or inf at {who}{more}; a reward must be finite for every sample "
-            "(check the reward function on these images, e.g. a division by zero or log of 0)"
-        )
+def no_signal(std: float, scale: float, eps: float = EPS, rel_tol: float = REL_TOL) -> bool:
+    """True when a group's std is noise: std ≤ eps + rel_tol · scale, scale = max |r| (module docstring)."""
+    return std <= eps + rel_tol * scale
 
 
 def clip_advantages(advantages: torch.Tensor, clip_max: float | None) -> torch.Tensor:
     """A ← clip(A, −clip_max, clip_max) (ddpo-pytorch: ``adv_clip_max = 5``); None: no clipping."""
     if clip_max is None:
         return advantages
-    if not clip_max > 0:
-        raise ValueError(f"clip_max must be a positive number or None, got {clip_max!r}")
+    if isinstance(clip_max, bool) or not isinstance(clip_max, (int, float)) or not clip_max > 0:
+        raise ValueError(f"clip_max must be a positive number (ddpo-pytorch: 5) or None (no clipping), got {clip_max!r}")
     return advantages.clamp(-clip_max, clip_max)
 
 
@@ -95,9 +100,10 @@ class PerPromptStatTracker:
     batch's statistics before that. ``rewards`` is (B,) for DDPO or (B,H,W) for PXPO (then
     the baseline is a per-pixel mean map and the scale one scalar std; module docstring).
     ``buffer_size=None`` keeps everything; ``min_count=0`` always uses the prompt's buffer.
+    A group whose std is ≤ ``eps + rel_tol · max|r|`` has no signal (module docstring).
     """
 
-    def __init__(self, buffer_size: int | None = 16, min_count: int = 16, eps: float = EPS):
+    def __init__(self, buffer_size: int | None = 16, min_count: int = 16, eps: float = EPS, rel_tol: float = REL_TOL):
         if buffer_size is not None and (not isinstance(buffer_size, int) or buffer_size < 1):
             raise ValueError(f"buffer_size must be a positive int or None, got {buffer_size!r}")
         if not isinstance(min_count, int) or min_count < 0:
@@ -107,28 +113,28 @@ class PerPromptStatTracker:
                 f"min_count={min_count} > buffer_size={buffer_size}: a prompt's buffer could never reach "
                 "min_count, so per-prompt statistics would never be used; use min_count <= buffer_size"
             )
-        self.buffer_size, self.min_count, self.eps = buffer_size, min_count, eps
+        for name, v in (("eps", eps), ("rel_tol", rel_tol)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        self.buffer_size, self.min_count, self.eps, self.rel_tol = buffer_size, min_count, eps, rel_tol
         self.buffers: dict[str, deque] = {}
 
-    # -- statistics of a group: baseline (per-element mean over samples) and one scalar std --
-    def _stats(self, group: np.ndarray) -> tuple[np.ndarray, float]:
+    # -- statistics of a group: baseline (per-element mean over samples), one scalar std, scale --
+    @staticmethod
+    def _stats(group: np.ndarray) -> tuple[np.ndarray, float, float]:
         mean = group.mean(axis=0)  # () for scalars, (H,W) for maps
         std = float((group - mean).std())  # one number
-        return mean, std
+        return mean, std, float(np.abs(group).max())
 
     def update(self, prompts: Sequence[str], rewards) -> torch.Tensor:
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise TypeError(f"prompts must be a list of str (one per sample), got {type(prompts).__name__}")
         device = rewards.device if isinstance(rewards, torch.Tensor) else "cpu"
-        r = _as_numpy(rewards)
-        if r.ndim not in (1, 3):
-            raise ValueError(
-                f"rewards must be (B,) scalars or (B,H,W) reward maps, got shape {r.shape}; "
-                "pass one reward (or one map) per sample"
-            )
-        if len(prompts) != len(r):
-            raise ValueError(f"got {len(r)} rewards but {len(prompts)} prompts; pass one prompt per reward")
-        check_finite_rewards(r, prompts)
+        r64 = _as_float64(rewards)
+        if r64.ndim in (1, 3) and len(prompts) != len(r64):
+            raise ValueError(f"got {len(r64)} rewards but {len(prompts)} prompts; pass one prompt per reward")
+        check_reward(r64, None, name="rewards", prompts=list(prompts))  # shape, empty, NaN/inf, too large
+        r = r64.numpy()
         first = next(iter(self.buffers.values()), None)
         if first and np.shape(first[0]) != r.shape[1:]:
             raise ValueError(
@@ -136,24 +142,22 @@ class PerPromptStatTracker:
                 "use one tracker per reward type (scalar vs map)"
             )
         prompts = list(prompts)
-        batch_mean, batch_std = self._stats(r)
+        batch_stats = self._stats(r)
         adv = np.zeros_like(r)
         silent: list[str] = []
         for p in dict.fromkeys(prompts):  # unique, in order
             idx = np.array([i for i, q in enumerate(prompts) if q == p])
             buf = self.buffers.setdefault(p, deque(maxlen=self.buffer_size))
             buf.extend(r[idx])
-            if len(buf) >= self.min_count and len(buf) > 1:
-                mean, std = self._stats(np.stack(buf))
-            else:
-                mean, std = batch_mean, batch_std
-            if std < self.eps:
+            mean, std, scale = self._stats(np.stack(buf)) if len(buf) >= self.min_count and len(buf) > 1 else batch_stats
+            if no_signal(std, scale, self.eps, self.rel_tol):
                 silent.append(p)  # no signal: leave zeros
             else:
                 adv[idx] = (r[idx] - mean) / (std + self.eps)
         if silent:
             warnings.warn(
-                f"no reward signal for {len(silent)} prompt(s) (every reward equal, std < {self.eps:g}), "
+                f"no reward signal for {len(silent)} prompt(s) (rewards equal up to noise: std <= "
+                f"{self.eps:g} + {self.rel_tol:g} × max|reward|), "
                 f"e.g. {silent[0]!r}: their advantages are 0 and they teach nothing. "
                 "Check the reward function varies across samples (an all-zero reward map?).",
                 NoSignalWarning,
@@ -177,12 +181,14 @@ class PerPromptStatTracker:
     def state_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
         """(json_meta, tensors): buffers as float64 tensors ``tracker.{i}``, prompts in the JSON."""
         prompts = list(self.buffers)
-        meta = {"buffer_size": self.buffer_size, "min_count": self.min_count, "eps": self.eps, "prompts": prompts}
+        meta = {"buffer_size": self.buffer_size, "min_count": self.min_count, "eps": self.eps, "rel_tol": self.rel_tol,
+                "prompts": prompts}
         tensors = {f"tracker.{i}": torch.as_tensor(np.stack(self.buffers[p]), dtype=torch.float64) for i, p in enumerate(prompts)}
         return meta, tensors
 
     def load_state_dict(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         self.buffer_size, self.min_count, self.eps = meta["buffer_size"], meta["min_count"], meta["eps"]
+        self.rel_tol = meta.get("rel_tol", REL_TOL)  # absent in states saved before the relative threshold
         self.buffers = {}
         for i, p in enumerate(meta["prompts"]):
             key = f"tracker.{i}"
@@ -198,7 +204,7 @@ def scalar_advantages(
     clip_max: float | None = 5.0,
 ) -> torch.Tensor:
     """DDPO advantages (B,): per-prompt normalised (batch statistics without a tracker), clipped."""
-    r = rewards if isinstance(rewards, torch.Tensor) else torch.as_tensor(np.asarray(rewards, dtype=np.float32))
+    r = rewards if isinstance(rewards, torch.Tensor) else _as_float64(rewards)
     if r.ndim != 1:
         raise ValueError(
             f"rewards must be (B,) for scalar advantages, got shape {tuple(r.shape)}; "
@@ -220,7 +226,7 @@ def pixel_advantages(
     maps, otherwise from the batch (module docstring). Same resolution as the maps.
     """
     if not isinstance(reward_maps, torch.Tensor):
-        reward_maps = torch.as_tensor(np.asarray(reward_maps, dtype=np.float32))
+        reward_maps = _as_float64(reward_maps, "reward_maps")
     if reward_maps.ndim != 3:
         raise ValueError(
             f"reward_maps must be (B,H,W), got shape {tuple(reward_maps.shape)}; "

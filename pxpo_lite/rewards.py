@@ -39,14 +39,24 @@ RewardFn = Callable[..., torch.Tensor]
 # --------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------
+#: The largest finite float32: a reward above it (in magnitude) becomes inf once training casts it.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def check_images(images) -> torch.Tensor:
-    """Images must be a float tensor (B,3,H,W) in [0,1] (a tolerance of 1e-3 for rounding)."""
+    """Images must be a finite float tensor (B,3,H,W) in [0,1] (a tolerance of 1e-3 for rounding)."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor (B,3,H,W) in [0,1], got {type(images).__name__}")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B,3,H,W) in [0,1], got shape {tuple(images.shape)}")
     if not images.is_floating_point():
         raise TypeError(f"images must be float in [0,1], got dtype {images.dtype}; use images.float() / 255")
+    bad = ~torch.isfinite(images.detach()).flatten(1).all(dim=1)
+    if bad.any():
+        raise ValueError(
+            f"images has NaN/inf values in image(s) {bad.nonzero().flatten().tolist()}; a reward of such an image "
+            "means nothing. Images must be finite in [0,1]: check the sampler (e.g. eta <= 1) or the decoder."
+        )
     if images.numel() and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
         raise ValueError(
             f"images must be in [0,1], got values in [{float(images.min()):.3f}, {float(images.max()):.3f}]; "
@@ -55,26 +65,70 @@ def check_images(images) -> torch.Tensor:
     return images
 
 
-def check_reward(reward, images: torch.Tensor, kind: str | None = None, name: str = "reward") -> torch.Tensor:
-    """Check a reward computed for ``images``: (B,) or (B,H,W) (``kind`` "scalar"/"map" to insist), finite.
+def check_reward(reward, images, kind: str | None = None, name: str = "reward", prompts=None) -> torch.Tensor:
+    """The one reward validator: ``reward`` for ``images`` must be (B,) or (B,H,W), real and finite.
 
-    Never broadcasts: a wrong batch or size is an error naming both shapes.
+    ``kind`` "scalar" or "map" insists on one of the two shapes. ``images`` (B,3,H,W) fixes B, H, W;
+    ``images=None`` checks only the ranks (used on rewards without their images, e.g. by the
+    advantages). Never broadcasts: a wrong batch or size is an error naming both shapes. A
+    NaN/inf, or a value too large for float32 (|r| > 3.4e38, which training would turn into
+    inf), is a ValueError naming the sample indices (and their prompts when ``prompts`` is given).
+    Returns ``reward`` unchanged.
     """
     if not isinstance(reward, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(reward).__name__}")
-    B, _, H, W = images.shape
-    shapes = {"scalar": [(B,)], "map": [(B, H, W)], None: [(B,), (B, H, W)]}[kind]
-    if tuple(reward.shape) not in shapes:
-        raise ValueError(
-            f"{name} has shape {tuple(reward.shape)} but images are {tuple(images.shape)}; expected "
-            + " or ".join(str(s) for s in shapes)
-            + " (one reward per image, or one per pixel at image resolution)"
-        )
+        raise TypeError(f"{name} must be a torch.Tensor (B,) or (B,H,W), got {type(reward).__name__}")
+    if kind not in (None, "scalar", "map"):
+        raise ValueError(f"kind must be None, 'scalar' or 'map', got {kind!r}")
+    if images is None:
+        ranks = {"scalar": (1,), "map": (3,), None: (1, 3)}[kind]
+        if reward.ndim not in ranks:
+            raise ValueError(
+                f"{name} must be " + " or ".join({1: "(B,) scalars", 3: "(B,H,W) maps"}[r] for r in ranks)
+                + f", got shape {tuple(reward.shape)}; pass one reward (or one map) per sample"
+            )
+        B = reward.shape[0]
+    else:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            raise ValueError(f"images must be a tensor (B,3,H,W), got {getattr(images, 'shape', type(images).__name__)}")
+        B, _, H, W = images.shape
+        shapes = {"scalar": [(B,)], "map": [(B, H, W)], None: [(B,), (B, H, W)]}[kind]
+        if tuple(reward.shape) not in shapes:
+            raise ValueError(
+                f"{name} has shape {tuple(reward.shape)} but images are {tuple(images.shape)}; expected "
+                + " or ".join(str(s) for s in shapes)
+                + " (one reward per image, or one per pixel at image resolution)"
+            )
+    if B == 0:
+        raise ValueError(f"{name} is empty (0 samples); sample at least one image before computing rewards")
+    if reward.is_complex() or reward.dtype == torch.bool:
+        raise TypeError(f"{name} must hold real numbers, got dtype {reward.dtype}")
     flat = reward.detach().reshape(B, -1)
+    if not flat.is_floating_point():
+        return reward  # integers are finite and fit in float32 up to ±2^63 (< 3.4e38)
     bad = ~torch.isfinite(flat).all(dim=1)
     if bad.any():
-        raise ValueError(f"{name} has NaN/inf for sample(s) {bad.nonzero().flatten().tolist()}; rewards must be finite")
+        raise ValueError(
+            f"{name} has NaN/inf for {_who(bad, prompts)}; rewards must be finite (check the reward "
+            "function on these images, e.g. a division by zero or log of 0; inf also comes from a float32 "
+            "overflow, |r| > 3.4e38)"
+        )
+    big = (flat.abs() > FLOAT32_MAX).any(dim=1)
+    if big.any():
+        raise ValueError(
+            f"{name} is too large for {_who(big, prompts)}: |r| up to {float(flat.abs().max()):.3g} "
+            f"overflows float32 (max {FLOAT32_MAX:.3g}), which training uses; rescale the reward function "
+            "(e.g. divide by a constant or take a log)"
+        )
     return reward
+
+
+def _who(mask: torch.Tensor, prompts=None, limit: int = 5) -> str:
+    """"sample(s) [0, 3]" or "sample 0 (prompt 'a'), sample 3 (prompt 'b')": flagged indices, for messages."""
+    idx = mask.nonzero().flatten().tolist()
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    if prompts is None:
+        return f"sample(s) {idx[:limit]}{more}"
+    return ", ".join(f"sample {i} (prompt {prompts[i]!r})" for i in idx[:limit]) + more
 
 
 def _check_prompts(prompts, images) -> None:

@@ -120,3 +120,76 @@ def test_state_dict_round_trip():
     t2.load_state_dict(meta, tensors)
     r = torch.tensor([4.0, 5.0])
     torch.testing.assert_close(t.update(["a", "b"], r), t2.update(["a", "b"], r))
+
+
+# --- defects of issue 9 ---------------------------------------------------------------------------
+def test_one_pixel_differing_by_1e3_is_no_signal():
+    # four identical maps of magnitude ~1; one pixel of one map differs by 1e-3: s ≈ 1.4e-5 used to
+    # pass the absolute threshold 1e-6 and give that pixel an advantage of 51.6 (clipped to 5)
+    base = torch.rand(32, 32, generator=torch.Generator().manual_seed(0)) - 1  # like the colour map, [-1, 0]
+    maps = base.expand(4, 32, 32).clone()
+    maps[0, 5, 7] += 1e-3
+    with pytest.warns(NoSignalWarning, match="no reward signal"):
+        adv = pixel_advantages(maps, ["p"] * 4, clip_max=None)
+    assert torch.equal(adv, torch.zeros_like(adv))
+    # the same one-pixel difference at a real size (0.5) is a signal
+    maps[0, 5, 7] += 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adv = pixel_advantages(maps, ["p"] * 4, clip_max=5.0)
+    assert adv[0, 5, 7] == 5.0
+
+
+def test_large_maps_differing_by_float_rounding_are_no_signal():
+    # magnitude 1000, differences of float32 rounding (~6e-5): used to get unit-variance advantages
+    g = torch.Generator().manual_seed(1)
+    base = 1000 + torch.rand(16, 16, generator=g)
+    maps = torch.stack([base, base + 6.1e-5, base - 6.1e-5, base]).float()
+    assert (maps - maps.mean(0)).std() > 1e-6  # above the old absolute threshold
+    with pytest.warns(NoSignalWarning):
+        adv = pixel_advantages(maps, ["p"] * 4)
+    assert torch.equal(adv, torch.zeros_like(adv))
+    with pytest.warns(NoSignalWarning):  # the scalar version: the same rule
+        assert torch.equal(scalar_advantages(maps.mean(dim=(1, 2)), ["p"] * 4), torch.zeros(4))
+    # a real spread at that magnitude is a signal, and the advantages are as before
+    r = torch.tensor([1000.0, 1003.0, 997.0, 1001.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adv = scalar_advantages(r, ["p"] * 4, clip_max=None)
+    torch.testing.assert_close(adv, (r - r.mean()) / (r.std(unbiased=False) + 1e-6))
+
+
+def test_rel_tol_is_a_setting_and_saved():
+    maps = torch.ones(4, 8, 8)
+    maps[0, 0, 0] += 1e-3
+    t = PerPromptStatTracker(buffer_size=None, min_count=5, rel_tol=0.0)  # absolute rule only
+    assert t.update(["p"] * 4, maps).abs().max() > 5
+    meta, tensors = t.state_dict()
+    assert meta["rel_tol"] == 0.0
+    t2 = PerPromptStatTracker()
+    t2.load_state_dict(meta, tensors)
+    assert t2.rel_tol == 0.0
+    with pytest.raises(ValueError, match="rel_tol must be a finite number >= 0"):
+        PerPromptStatTracker(rel_tol=-1)
+
+
+@pytest.mark.parametrize("fn, rewards", [
+    (scalar_advantages, torch.zeros(0)),
+    (pixel_advantages, torch.zeros(0, 4, 4)),
+])
+def test_empty_batch_is_a_clear_error(fn, rewards):
+    with pytest.raises(ValueError, match=r"rewards is empty \(0 samples\)"):
+        fn(rewards, [])
+
+
+@pytest.mark.parametrize("rewards", [[1e39, 0.0, 1.0], np.array([1e39, 0.0, 1.0]), torch.tensor([1e39, 0.0, 1.0], dtype=torch.float64)])
+def test_too_large_reward_is_not_called_nan(rewards):
+    with pytest.raises(ValueError, match=r"too large for sample 0 \(prompt 'a'\).*overflows float32") as e:
+        scalar_advantages(rewards, ["a", "b", "c"])
+    assert "NaN" not in str(e.value)
+
+
+@pytest.mark.parametrize("clip_max", [0, -1.0, float("nan"), True])
+def test_clip_max_must_be_positive_number(clip_max):
+    with pytest.raises(ValueError, match="clip_max must be a positive number"):
+        clip_advantages(torch.zeros(3), clip_max)

@@ -81,3 +81,35 @@ def test_check_reward_and_bad_input():
     with pytest.raises(ValueError, match="unknown reward"):
         rewards.get_reward("sharpness")
     assert rewards.get_reward("blue") is rewards.blue_reward
+
+
+# --- defects of issue 9 ---------------------------------------------------------------------------
+@pytest.mark.parametrize("fn", [rewards.colour_reward_map, rewards.blue_reward, rewards.jpeg_compressibility])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_images_are_rejected(fn, value):
+    imgs = torch.rand(3, 3, 8, 8)
+    imgs[1, 0, 2, 2] = value  # jpeg_compressibility of an all-NaN image used to be a finite -0.63
+    with pytest.raises(ValueError, match=r"images has NaN/inf values in image\(s\) \[1\]"):
+        fn(imgs)
+
+
+def test_check_reward_is_the_one_validator():
+    imgs = torch.rand(3, 3, 8, 8)
+    # too large for float32 is not "NaN or inf"
+    with pytest.raises(ValueError, match=r"too large for sample\(s\) \[2\].*overflows float32") as e:
+        rewards.check_reward(torch.tensor([0.0, 1.0, 1e39], dtype=torch.float64), imgs)
+    assert "NaN" not in str(e.value)
+    # prompts name the samples
+    with pytest.raises(ValueError, match=r"NaN/inf for sample 1 \(prompt 'b'\)"):
+        rewards.check_reward(torch.tensor([0.0, float("nan"), 1.0]), imgs, prompts=["a", "b", "c"])
+    # without images: ranks only
+    rewards.check_reward(torch.zeros(2, 5, 5), None, kind="map")
+    with pytest.raises(ValueError, match=r"\(B,\) scalars or \(B,H,W\) maps"):
+        rewards.check_reward(torch.zeros(2, 5), None)
+    with pytest.raises(ValueError, match=r"reward is empty \(0 samples\)"):
+        rewards.check_reward(torch.zeros(0), torch.rand(0, 3, 8, 8))
+    with pytest.raises(TypeError, match="real numbers"):
+        rewards.check_reward(torch.zeros(3, dtype=torch.bool), imgs)
+    with pytest.raises(ValueError, match="kind must be"):
+        rewards.check_reward(torch.zeros(3), imgs, kind="vector")
+    rewards.check_reward(torch.tensor([1, 2, 3]), imgs)  # integer rewards are fine
