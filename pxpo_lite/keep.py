@@ -85,20 +85,20 @@ def gaussian_kl(mu: torch.Tensor, mu_ref: torch.Tensor, sigma) -> torch.Tensor:
     return (mu.float() - mu_ref.float()) ** 2 / (2 * s**2)
 
 
-def _heatmap_tensor(heatmap) -> torch.Tensor:
+def _heatmap_tensor(heatmap, name: str = "heatmap") -> torch.Tensor:
     if isinstance(heatmap, np.ndarray):
         heatmap = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))
     if not isinstance(heatmap, torch.Tensor):
-        raise TypeError(f"heatmap must be a NumPy array or torch tensor (H,W) or (B,H,W), got {type(heatmap).__name__}")
+        raise TypeError(f"{name} must be a NumPy array or torch tensor (H,W) or (B,H,W), got {type(heatmap).__name__}")
     h = heatmap.detach().float()
     if h.ndim == 2:
         h = h[None]
     if h.ndim != 3:
-        raise ValueError(f"heatmap must be (H,W) or (B,H,W) at image resolution, got shape {tuple(heatmap.shape)}")
+        raise ValueError(f"{name} must be (H,W) or (B,H,W) at image resolution, got shape {tuple(heatmap.shape)}")
     if not torch.isfinite(h).all():
-        raise ValueError("heatmap contains NaN/inf; a painted map has finite values in [-1, 1]")
+        raise ValueError(f"{name} contains NaN/inf; expected finite values in [-1, 1]")
     if h.numel() and (h.min() < -1 - 1e-4 or h.max() > 1 + 1e-4):
-        raise ValueError(f"heatmap values must lie in [-1, 1] (−1 dislike … +1 like), got [{float(h.min()):.3g}, {float(h.max()):.3g}]")
+        raise ValueError(f"{name} values must lie in [-1, 1] (−1 dislike … +1 like), got [{float(h.min()):.3g}, {float(h.max()):.3g}]")
     return h.clamp(-1, 1)
 
 
@@ -131,7 +131,7 @@ def keep_weights_from_mask(mask, sample_size, outside: float = 1.0) -> torch.Ten
     ``mask``: (H,W) or (B,H,W) in [0, 1], 1 = the region the reward is about (e.g.
     ``regions.region_mask("shirt", images)``); area-averaged to ``sample_size``.
     """
-    m = _heatmap_tensor(mask)
+    m = _heatmap_tensor(mask, "mask")
     if m.numel() and m.min() < 0:
         raise ValueError(f"mask values must lie in [0, 1] (1 = inside the region), got min {float(m.min()):.3g}")
     return to_sample_grid(_check_outside(outside) * (1 - m), sample_size)

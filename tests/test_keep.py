@@ -138,6 +138,8 @@ def test_keep_weights_reject_bad_maps():
         keep.keep_weights_from_heatmap(np.zeros((4, 8)), (4, 4))
     with pytest.raises(ValueError, match=r"mask values must lie in \[0, 1\]"):
         keep.keep_weights_from_mask(-np.ones((4, 4)), (4, 4))
+    with pytest.raises(TypeError, match="mask must be a NumPy array"):
+        keep.keep_weights_from_mask("hair", (4, 4))
 
 
 # ---------------------------------------------------------------------------- μ_θ, μ_ref
