@@ -32,11 +32,11 @@ from pathlib import Path
 from .checks import MIME, NOT_DONE, PASSED
 
 NOT_RUN = "not run"
-_CALL = re.compile(r"\bcheck_([a-z0-9_]+)\s*\(")
+_CALL = re.compile(r"\bchecks\.check_([a-z0-9_]+)\s*\(")
 
 
 def expected_exercises(notebook: str | Path) -> list[str]:
-    """The exercises a notebook checks: names of ``check_<name>(`` calls in its code cells, in order."""
+    """The exercises a notebook checks: names of ``checks.check_<name>(`` calls in its code cells, in order."""
     nb = json.loads(Path(notebook).read_text())
     names: list[str] = []
     for cell in nb.get("cells", []):
