@@ -31,6 +31,8 @@ Introduced in ``notebooks/02_ddpo.ipynb`` (DDPO) and ``notebooks/03_pixelwise_lo
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -55,6 +57,13 @@ def _check(log_prob: torch.Tensor, old_log_prob: torch.Tensor, adv: torch.Tensor
             "use the trajectory's stored log_probs[:, step] for the same samples"
         )
     B, _, h, w = log_prob.shape
+    if B == 0:
+        raise ValueError(
+            f"log_prob is an empty batch (shape {tuple(log_prob.shape)}): there is nothing to train on; "
+            "pass at least one sample (check the micro-batch slicing)"
+        )
+    if not log_prob.is_floating_point():
+        raise TypeError(f"log_prob must be a floating-point tensor, got dtype {log_prob.dtype}")
     want = (B,) if adv_dims == 1 else (B, h, w)
     if not isinstance(adv, torch.Tensor) or tuple(adv.shape) != want:
         got = tuple(adv.shape) if isinstance(adv, torch.Tensor) else type(adv).__name__
@@ -91,8 +100,13 @@ def _ppo_term(ratio: torch.Tensor, adv: torch.Tensor, clip_range: float) -> torc
 
 
 def _check_clip(clip_range) -> None:
-    if clip_range is not None and not (isinstance(clip_range, (int, float)) and clip_range > 0):
-        raise ValueError(f"clip_range must be None (score-function loss) or a positive number, got {clip_range!r}")
+    if clip_range is None:
+        return
+    if isinstance(clip_range, bool) or not isinstance(clip_range, (int, float)) or not (math.isfinite(clip_range) and clip_range > 0):
+        raise ValueError(
+            f"clip_range must be None (score-function loss) or a finite number > 0 (the PPO ε, e.g. 1e-4 as in "
+            f"ddpo-pytorch or 0.2), got {clip_range!r}"
+        )
 
 
 def ddpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float | None = None):

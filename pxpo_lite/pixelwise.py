@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 
 def _check_log_probs(log_probs, name: str = "log_probs") -> torch.Tensor:
@@ -60,10 +59,14 @@ def _size(size) -> tuple[int, int]:
 def to_sample_grid(reward_map: torch.Tensor, size: Sequence[int], batch_size: int | None = None) -> torch.Tensor:
     """Map an image-resolution reward map (B,H,W) to the model's sample grid (B,h,w) by area average.
 
-    Identity when (H,W) == (h,w) (pixel-space model). For a latent model (SD: H/h = W/w = 8) each
-    latent cell gets the mean reward of the image pixels it covers. The aspect ratio must match
-    (H/h == W/w); a non-integer factor uses adaptive area pooling. ``size`` may also be a shape
-    whose last two entries are (h, w), e.g. ``log_probs.shape``; ``batch_size`` checks B.
+    Identity when (H,W) == (h,w) (pixel-space model). Otherwise each sample cell (i, j) covers the
+    image rectangle [i·H/h, (i+1)·H/h) × [j·W/w, (j+1)·W/w) and gets the **area-weighted mean** of
+    the image pixels it overlaps, a pixel cut by the cell's border counting with the fraction
+    inside (:func:`area_weights`). For an integer factor (SD: H/h = W/w = 8) that is the plain
+    mean of the 8×8 block; for any factor the map's mean is preserved (to float rounding), so the
+    total credit a map gives is the same on both grids. The aspect ratio must match
+    (H/h == W/w). ``size`` may also be a shape whose last two entries are (h, w), e.g.
+    ``log_probs.shape``; ``batch_size`` checks B.
     """
     if not isinstance(reward_map, torch.Tensor):
         raise TypeError(f"reward_map must be a torch.Tensor (B,H,W), got {type(reward_map).__name__}")
@@ -80,12 +83,26 @@ def to_sample_grid(reward_map: torch.Tensor, size: Sequence[int], batch_size: in
             f"reward_map is {H}×{W} but the sample grid is {h}×{w}: the aspect ratios differ, so the map cannot be "
             "area-averaged onto the grid. Compute the reward map on the decoded images (same aspect ratio)."
         )
-    x = reward_map.float().unsqueeze(1)
-    if H % h == 0 and W % w == 0:
-        y = F.avg_pool2d(x, kernel_size=(H // h, W // w))  # exact area average over each cell
-    else:
-        y = F.adaptive_avg_pool2d(x, (h, w))
-    return y.squeeze(1).to(reward_map.dtype)
+    x = reward_map.to(torch.float64)
+    a_h = area_weights(H, h, device=x.device)  # (h, H)
+    a_w = area_weights(W, w, device=x.device)  # (w, W)
+    y = torch.einsum("ik,bkl,jl->bij", a_h, x, a_w)  # y[b,i,j] = Σ_k Σ_l a_h[i,k] x[b,k,l] a_w[j,l]
+    return y.to(reward_map.dtype if reward_map.is_floating_point() else torch.float32)
+
+
+def area_weights(n_in: int, n_out: int, device=None) -> torch.Tensor:
+    """(n_out, n_in) float64 weights of a 1-d area average from n_in pixels onto n_out cells.
+
+    Output cell i covers [i·n_in/n_out, (i+1)·n_in/n_out) in input-pixel units; ``w[i, k]`` is the
+    length of its overlap with input pixel [k, k+1) divided by the cell's length n_in/n_out, so
+    each row sums to 1 (a mean) and each column to n_out/n_in (every input pixel is counted once
+    in total: the mean of the input is preserved). Computed in exact integer units (× n_out).
+    """
+    k = torch.arange(n_in, device=device, dtype=torch.int64)
+    i = torch.arange(n_out, device=device, dtype=torch.int64)
+    lo = torch.maximum(i[:, None] * n_in, k[None, :] * n_out)  # both scaled by n_out: integers
+    hi = torch.minimum((i[:, None] + 1) * n_in, (k[None, :] + 1) * n_out)
+    return (hi - lo).clamp(min=0).to(torch.float64) / n_in
 
 
 def check_reward_map(reward_map: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

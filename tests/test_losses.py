@@ -123,3 +123,19 @@ def test_bad_inputs():
     with pytest.raises(NonFiniteError, match=r"sample\(s\) \[2\]") as e:
         pxpo_loss(bad, old, torch.zeros(4, 6, 5))
     assert e.value.samples == [2]
+
+
+# --- defects of issue 9 ---------------------------------------------------------------------------
+@pytest.mark.parametrize("loss_fn, adv", [(ddpo_loss, torch.zeros(4)), (pxpo_loss, torch.zeros(4, 6, 5))])
+@pytest.mark.parametrize("clip_range", [True, False, float("inf"), float("nan"), 0, "0.2"])
+def test_clip_range_must_be_a_finite_positive_number(loss_fn, adv, clip_range):
+    lp, old, _ = _setup()
+    with pytest.raises(ValueError, match=r"clip_range must be None .* or a finite number > 0"):
+        loss_fn(lp, old, adv, clip_range=clip_range)  # True used to run as clip_range=1.0
+
+
+@pytest.mark.parametrize("loss_fn, adv", [(ddpo_loss, torch.zeros(0)), (pxpo_loss, torch.zeros(0, 6, 5))])
+def test_empty_batch_is_a_clear_error(loss_fn, adv):
+    lp = torch.zeros(0, 3, 6, 5, requires_grad=True)
+    with pytest.raises(ValueError, match="log_prob is an empty batch"):
+        loss_fn(lp, lp.detach(), adv)

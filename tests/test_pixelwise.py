@@ -32,7 +32,7 @@ def test_to_sample_grid_identity_and_area_average():
     torch.testing.assert_close(small[1, 2, 3], r[1, 16:24, 24:32].mean())
     torch.testing.assert_close(small.mean((-2, -1)), r.mean((-2, -1)))  # area average keeps the mean
     assert to_sample_grid(r, torch.Size([2, 4, 3, 8, 8])).shape == (2, 8, 8)  # a log-prob shape works
-    odd = to_sample_grid(torch.ones(1, 30, 30), (4, 4))  # non-integer factor: adaptive area pooling
+    odd = to_sample_grid(torch.ones(1, 30, 30), (4, 4))  # non-integer factor: fractional area weights
     torch.testing.assert_close(odd, torch.ones(1, 4, 4))
 
 
@@ -127,3 +127,33 @@ def test_surrogate_shape_errors():
     with pytest.raises(ValueError, match="log_probs"):
         ddpo_surrogate(torch.zeros(1, 2, 3, 4, 4, 4), torch.zeros(1))
     assert pixelwise.per_pixel(lp).shape == (2, 4, 4)
+
+
+# --- defects of issue 9 ---------------------------------------------------------------------------
+@pytest.mark.parametrize("H, h", [(30, 4), (32, 4), (512, 64), (7, 3), (4, 6)])
+def test_to_sample_grid_preserves_the_mean_of_random_maps(H, h):
+    # adaptive_avg_pool2d (30→4) used to be off by 2e-3 to 2e-2
+    r = torch.rand(3, H, H, generator=torch.Generator().manual_seed(H)) * 2 - 1
+    y = to_sample_grid(r, (h, h))
+    assert y.shape == (3, h, h) and y.dtype == r.dtype
+    assert (y.mean(dim=(1, 2)) - r.mean(dim=(1, 2))).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("H, h", [(32, 4), (512, 64), (6, 3)])
+def test_to_sample_grid_integer_factor_is_block_mean(H, h):
+    import torch.nn.functional as F
+
+    r = torch.randn(2, H, H, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(to_sample_grid(r, (h, h)), F.avg_pool2d(r[:, None], H // h)[:, 0], rtol=0, atol=1e-6)
+
+
+def test_to_sample_grid_fractional_cells_by_hand():
+    from pxpo_lite.pixelwise import area_weights
+
+    # 3 pixels onto 2 cells: cell 0 = pixel 0 + half of pixel 1, cell 1 = half of pixel 1 + pixel 2
+    torch.testing.assert_close(area_weights(3, 2), torch.tensor([[2 / 3, 1 / 3, 0], [0, 1 / 3, 2 / 3]], dtype=torch.float64))
+    r = torch.tensor([[[1.0, 4.0, 7.0], [1.0, 4.0, 7.0], [1.0, 4.0, 7.0]]])
+    torch.testing.assert_close(to_sample_grid(r, (2, 2)), torch.tensor([[[2.0, 6.0], [2.0, 6.0]]]))
+    w = area_weights(30, 4)
+    torch.testing.assert_close(w.sum(1), torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(w.sum(0), torch.full((30,), 4 / 30, dtype=torch.float64))
