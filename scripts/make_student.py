@@ -30,7 +30,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-TITLE = re.compile(r"^#\s*Exercise\s+(\S+?)[:.]?\s*(?:[:—–-]\s*)?(.*)$")
+TITLE = re.compile(r"^#\s*Exercise\s+([0-9A-Za-z.]*[0-9A-Za-z])\s*[:—–-]?\s*(.*)$")
 
 
 def _tags(cell) -> list[str]:
