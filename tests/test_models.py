@@ -119,3 +119,38 @@ def test_tokenizer_is_offline_and_stable(tmp_path):
     # every world word is a single token
     for w in world.vocabulary():
         assert len(tok(w).input_ids) == 3, w
+
+
+def _unet_weights(p):
+    return {k: v.clone() for k, v in p.unet.state_dict().items()}
+
+
+def test_pretrain_saves_the_ema_weights_and_restores_the_training_ones(tmp_path):
+    """diffusers' EMAModel: the first update copies the weights; later ones lag behind them."""
+    from pxpo_lite import pretrain
+
+    out = tmp_path / "p"
+    torch.manual_seed(0)
+    trained = pretrain.train_diffusion(out, steps=1, batch=2, warmup=0)
+    saved = pxpo_lite.load_tiny_pipeline(path=out)
+    init = _unet_weights(models.build_tiny_pipeline(seed=0))
+    torch.testing.assert_close(_unet_weights(saved), _unet_weights(trained), atol=1e-6, rtol=0)  # s - (s - p): rounding only
+    assert any(not torch.equal(v, init[k]) for k, v in _unet_weights(saved).items()), "one step must train"
+    trained = pretrain.train_diffusion(out, steps=2, batch=2, warmup=0)
+    saved, now = _unet_weights(pxpo_lite.load_tiny_pipeline(path=out)), _unet_weights(trained)
+    lag = max((v - now[k]).abs().max().item() for k, v in saved.items())
+    assert lag > 1e-5, f"after two updates the EMA must lag the weights (max difference {lag})"
+    info = json.loads((out / "TRAINING.json").read_text())
+    assert info["steps_done"] == info["steps"] == 2 and info["warmup"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"], "no .tmp/.old folder left behind"
+
+
+def test_pretrain_rejects_bad_steps(tmp_path):
+    from pxpo_lite import pretrain
+
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="steps must be a positive int"):
+            pretrain.train_segmenter(tmp_path / "s", steps=bad)
+    with pytest.raises(ValueError, match="warmup must be an int"):
+        pretrain.train_diffusion(tmp_path / "d", steps=5, warmup=-1)
+    assert pretrain.HELDOUT_WORLD_SEED > 10_000_000 * 2, "held-out world seeds lie above the training seeds"
