@@ -1,4 +1,4 @@
-"""LoRA adapters on a UNet via peft: add, save, load, merge (``merge_and_unload``).
+"""LoRA adapters on a diffusers UNet via peft: add, save, load, merge (``merge_and_unload``).
 
 Low-rank adaptation (Hu et al., 2021) freezes a weight W and learns ΔW = (α/r)·B·A with
 A ∈ R^{r×k}, B ∈ R^{d×r} (B starts at 0, so the adapted model starts equal to the base
@@ -10,6 +10,11 @@ Files are peft's adapter format: ``adapter_model.safetensors`` (keys as
 ``module.`` prefix — a known way for DDPO adapters to fail to load silently) and
 ``adapter_config.json``. Loading checks every key matches and fails loudly otherwise.
 
+Nothing here re-implements peft: adapters are injected with diffusers' ``model.add_adapter``
+(peft's ``inject_adapter_in_model``), merged with ``model.fuse_lora()`` (peft's per-layer
+``merge``) and removed with ``model.unload_lora()``; DDP/accelerate wrappers are taken off
+with accelerate's ``extract_model_from_parallel`` (what ``accelerator.unwrap_model`` calls).
+
 Introduced in ``notebooks/02_ddpo.ipynb`` (trainer option) and ``notebooks/08_*`` (Stable Diffusion).
 """
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -32,21 +38,25 @@ TINY_TARGETS = SD_TARGETS + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
 _PREFIXES = ("module.", "base_model.model.", "unet.")
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """Strip DDP/accelerate wrappers (``.module``) so keys never get a ``module.`` prefix."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP/accelerate/``torch.compile`` wrappers (accelerate's ``extract_model_from_parallel``),
+    so adapter keys never get a ``module.`` prefix."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (e.g. pipe.unet), got {type(model).__name__}")
+    return extract_model_from_parallel(model)
+
+
+_unwrap = unwrap  # old name, kept while pxpo_lite.feedback still uses it
 
 
 def matching_modules(model: torch.nn.Module, target_modules: Sequence[str]) -> list[str]:
     """Names of modules peft would adapt: name == target or name ends with '.' + target."""
     targets = list(target_modules)
-    return [n for n, _ in _unwrap(model).named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
+    return [n for n, _ in unwrap(model).named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
 
 
 def has_lora(model: torch.nn.Module) -> bool:
-    return any("lora_A" in n for n, _ in _unwrap(model).named_parameters())
+    return any("lora_A" in n for n, _ in unwrap(model).named_parameters())
 
 
 def add_lora(
@@ -62,9 +72,8 @@ def add_lora(
     is unchanged until trained); "gaussian" as diffusers' SD LoRA training.
     """
     from peft import LoraConfig
-    from peft.tuners.lora import LoraModel
 
-    model = _unwrap(model)
+    model = unwrap(model)
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive int, got {rank!r}")
     if has_lora(model):
@@ -77,13 +86,18 @@ def add_lora(
             f"its Linear/Conv2d layers end in {kinds[:20]}{' ...' if len(kinds) > 20 else ''}. "
             "Pass target_modules naming some of them (e.g. pxpo_lite.lora.TINY_TARGETS for the tiny UNet)."
         )
+    if not callable(getattr(model, "add_adapter", None)):
+        raise TypeError(
+            f"add_lora needs a diffusers model with adapter support (e.g. UNet2DConditionModel), got "
+            f"{type(model).__name__}; pass pipe.unet"
+        )
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=list(target_modules), init_lora_weights=init)
-    LoraModel(model, config, ADAPTER_NAME)  # injects in place, marks only adapters trainable
+    model.add_adapter(config, adapter_name=ADAPTER_NAME)  # peft injects in place, marks only adapters trainable
     return config
 
 
 def lora_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for n, p in _unwrap(model).named_parameters() if "lora_" in n]
+    return [p for n, p in unwrap(model).named_parameters() if "lora_" in n]
 
 
 def _clean(key: str) -> str:
@@ -97,7 +111,7 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The adapter weights with clean keys (no adapter name, no ``module.`` prefix), detached, contiguous."""
     from peft import get_peft_model_state_dict
 
-    model = _unwrap(model)
+    model = unwrap(model)
     if not has_lora(model):
         raise ValueError(f"{type(model).__name__} has no LoRA adapters to save; add them with add_lora first")
     sd = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
@@ -108,7 +122,7 @@ def load_lora_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
     """Copy adapter weights into a model that already has adapters; every key must match."""
     from peft import set_peft_model_state_dict
 
-    model = _unwrap(model)
+    model = unwrap(model)
     state = {_clean(k): v for k, v in state.items()}
     expected = set(lora_state_dict(model))
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -125,7 +139,7 @@ def save_lora(model: torch.nn.Module, path, config=None) -> Path:
     """Write ``adapter_model.safetensors`` + ``adapter_config.json`` into the folder ``path``."""
     from safetensors.torch import save_file
 
-    model = _unwrap(model)
+    model = unwrap(model)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = config if config is not None else model.peft_config[ADAPTER_NAME]
@@ -156,25 +170,15 @@ def load_lora(model: torch.nn.Module, path):
 
 
 def merge_and_unload(model: torch.nn.Module) -> torch.nn.Module:
-    """Fold ΔW into W and remove the adapter layers (peft's ``merge_and_unload``), in place.
+    """Fold ΔW = (α/r)·B·A into W and remove the adapter layers, in place; returns the model.
 
-    The result is a plain model with the base architecture (same module names as before
-    ``add_lora``); its outputs equal the adapted model's up to float rounding.
+    diffusers' ``fuse_lora()`` (peft's ``merge`` on every LoRA layer) then ``unload_lora()``. The
+    result is a plain model with the base architecture (the same parameter names as before
+    ``add_lora``, no ``peft_config``); its outputs equal the adapted model's up to float rounding.
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    model = _unwrap(model)
+    model = unwrap(model)
     if not has_lora(model):
-        raise ValueError(f"{type(model).__name__} has no LoRA adapters to merge")
-    for name, module in list(model.named_modules()):
-        if isinstance(module, BaseTunerLayer):
-            module.merge()
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.get_base_layer())
-    for attr in ("peft_config",):
-        if hasattr(model, attr):
-            delattr(model, attr)
-    if hasattr(model, "_hf_peft_config_loaded"):
-        model._hf_peft_config_loaded = False
+        raise ValueError(f"{type(model).__name__} has no LoRA adapters to merge; add_lora or load_lora first")
+    model.fuse_lora()
+    model.unload_lora()
     return model
