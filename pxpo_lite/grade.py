@@ -58,7 +58,8 @@ def read_outcomes(executed: str | Path) -> dict[str, dict]:
     return out
 
 
-def _kernel(name: str | None) -> str:
+def kernel_name(name: str | None = None) -> str:
+    """``name``, else the project's kernel ``pxpo-lite`` when registered, else ``python3``."""
     if name:
         return name
     from jupyter_client.kernelspec import KernelSpecManager
@@ -79,7 +80,7 @@ def grade_notebook(path: str | Path, out_dir: str | Path, smoke: bool = True, ke
     executed = out_dir / path.name
     error = None
     try:
-        papermill.execute_notebook(str(path), str(executed), parameters={"SMOKE": smoke}, kernel_name=_kernel(kernel),
+        papermill.execute_notebook(str(path), str(executed), parameters={"SMOKE": smoke}, kernel_name=kernel_name(kernel),
                                    cwd=str(path.parent.resolve()), progress_bar=False, execution_timeout=timeout)
     except Exception as e:  # the notebook stopped: grade what ran, report the error
         lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]

@@ -1,0 +1,322 @@
+"""Course mode: self-checking exercises (pxpo_lite.checks), student versions (scripts/make_student.py)
+and the grader (python -m pxpo_lite.grade).
+
+Unit tests run the checks on correct and deliberately wrong implementations; the notebook tests
+(smoke mode, notebooks 01, 01b and 03 only) check that the instructor versions pass every check,
+the student versions run top to bottom with every check "not done", a student notebook with the
+solutions pasted back grades 100 %, and a wrong solution is reported failed with a hint.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pxpo_lite import checks, ddim, lora
+from pxpo_lite.grade import expected_exercises, grade_notebook, read_outcomes
+
+ROOT = Path(__file__).resolve().parents[1]
+COURSE_NOTEBOOKS = ["01_denoising_as_an_mdp.ipynb", "01b_rl_from_zero.ipynb", "03_pixelwise_logprobs.ipynb"]
+EXERCISES = {
+    "01_denoising_as_an_mdp.ipynb": ["ddim_step_log_prob"],
+    "01b_rl_from_zero.ipynb": ["reinforce_estimator", "ppo_clip_loss"],
+    "03_pixelwise_logprobs.ipynb": ["per_pixel_log_prob", "kronecker_credit"],
+}
+
+
+def _load_make_student():
+    spec = importlib.util.spec_from_file_location("make_student", ROOT / "scripts" / "make_student.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+make_student = _load_make_student()
+
+
+# --------------------------------------------------------------------------------------------
+# Correct implementations, written independently of the package
+# --------------------------------------------------------------------------------------------
+def ddim_ok(scheduler, model_output, t, x_t, x_prev, eta, floor=True):
+    t_prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    a_t = scheduler.alphas_cumprod[t]
+    a_p = scheduler.alphas_cumprod[t_prev] if t_prev >= 0 else scheduler.final_alpha_cumprod
+    if scheduler.config.prediction_type == "v_prediction":
+        x0 = a_t.sqrt() * x_t - (1 - a_t).sqrt() * model_output
+        eps = a_t.sqrt() * model_output + (1 - a_t).sqrt() * x_t
+    else:
+        eps, x0 = model_output, (x_t - (1 - a_t).sqrt() * model_output) / a_t.sqrt()
+    sigma = eta * ((1 - a_p) / (1 - a_t)).sqrt() * (1 - a_t / a_p).sqrt()
+    mu = a_p.sqrt() * x0 + (1 - a_p - sigma**2).sqrt() * eps
+    s = sigma.clamp(min=ddim.SIGMA_MIN) if floor else sigma
+    return -(x_prev - mu) ** 2 / (2 * s**2) - s.log() - 0.5 * math.log(2 * math.pi)
+
+
+def reinforce_ok(actions, rewards, mu, sigma, baseline=0.0):
+    return ((rewards - baseline) * (actions - mu) / sigma**2).mean()
+
+
+def ppo_ok(log_prob, old_log_prob, advantages, clip_range):
+    rho = (log_prob - old_log_prob).exp()
+    return torch.maximum(-advantages * rho, -advantages * rho.clamp(1 - clip_range, 1 + clip_range)).mean()
+
+
+def kron_ok(log_probs, reward_map):
+    lp = log_probs if log_probs.ndim == 5 else log_probs[:, None]
+    return (reward_map[:, None, None] * lp).mean((-3, -2, -1)).sum(1).mean()
+
+
+def pixel_adv_ok(reward_maps, clip_max=5.0):
+    c = reward_maps - reward_maps.mean(0)
+    return (c / (c.std(unbiased=False) + 1e-6)).clamp(-clip_max, clip_max)
+
+
+def pxpo_ok(log_prob, old_log_prob, advantage_map, clip_range=None):
+    a = advantage_map[:, None]
+    if clip_range is None:
+        return -(a * log_prob).mean()
+    rho = (log_prob - old_log_prob).exp()
+    return torch.maximum(-a * rho, -a * rho.clamp(1 - clip_range, 1 + clip_range)).mean()
+
+
+def heat_ok(heatmap, sample_size, scale=1.0):
+    return F.adaptive_avg_pool2d(torch.as_tensor(heatmap)[None, None] * scale, sample_size)[0]
+
+
+def lora_count_ok(model, rank, target_modules):
+    mods, n = dict(model.named_modules()), 0
+    for name in lora.matching_modules(model, target_modules):
+        m = mods[name]
+        if isinstance(m, torch.nn.Linear):
+            n += rank * (m.in_features + m.out_features)
+        else:
+            n += rank * (m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels)
+    return n
+
+
+CORRECT = [
+    (checks.check_ddim_step_log_prob, ddim_ok),
+    (checks.check_reinforce_estimator, reinforce_ok),
+    (checks.check_ppo_clip_loss, ppo_ok),
+    (checks.check_per_pixel_log_prob, lambda lp: lp.sum(-3)),
+    (checks.check_kronecker_credit, kron_ok),
+    (checks.check_pixel_advantages, pixel_adv_ok),
+    (checks.check_pxpo_loss, pxpo_ok),
+    (checks.check_heatmap_to_advantages, heat_ok),
+    (checks.check_lora_param_count, lora_count_ok),
+]
+
+
+def _name(check) -> str:
+    return check.__name__[len("check_"):]
+
+
+@pytest.mark.parametrize("check,fn", CORRECT, ids=[_name(c) for c, _ in CORRECT])
+def test_a_correct_implementation_passes_and_is_returned(check, fn):
+    assert check(fn) is fn
+    assert checks.OUTCOMES[_name(check)]["status"] == checks.PASSED
+
+
+@pytest.mark.parametrize("check", [c for c, _ in CORRECT], ids=[_name(c) for c, _ in CORRECT])
+def test_a_stub_is_not_done_and_the_reference_is_returned(check, capsys):
+    def stub(*args, **kwargs):
+        raise NotImplementedError("Exercise: write your code here")
+
+    ref = check(stub)
+    assert ref is not stub and callable(ref)
+    assert checks.OUTCOMES[_name(check)]["status"] == checks.NOT_DONE
+    assert "not done yet" in capsys.readouterr().out
+    # the returned reference is usable with the learner's signature: it passes its own check
+    assert check(ref) is ref
+
+
+def _failed_with(check, fn, *words):
+    ref = check(fn)
+    outcome = checks.OUTCOMES[_name(check)]
+    assert ref is not fn, "a wrong function must not be returned"
+    assert outcome["status"] == checks.FAILED, outcome
+    for w in words:
+        assert w in outcome["message"], (w, outcome["message"])
+    return outcome["message"]
+
+
+def test_wrong_sign_is_named():
+    _failed_with(checks.check_ppo_clip_loss, lambda *a: -ppo_ok(*a), "wrong sign")
+    _failed_with(checks.check_pxpo_loss, lambda *a: -pxpo_ok(*a), "sign")
+
+
+def test_typical_mistakes_get_specific_hints():
+    _failed_with(checks.check_reinforce_estimator,
+                 lambda a, r, mu, s, b=0.0: ((r - b) * (a - mu) / s).mean(), "(a − μ)/σ²")
+    _failed_with(checks.check_reinforce_estimator, lambda a, r, mu, s, b=0.0: reinforce_ok(a, r, mu, s, 0.0), "baseline")
+    _failed_with(checks.check_ppo_clip_loss,
+                 lambda lp, old, a, e: torch.minimum(-a * (lp - old).exp(), -a * (lp - old).exp().clamp(1 - e, 1 + e)).mean(),
+                 "pessimistic")
+    _failed_with(checks.check_ddim_step_log_prob, lambda *a: ddim_ok(*a) + 0.5 * math.log(2 * math.pi), "½ log 2π")
+    _failed_with(checks.check_ddim_step_log_prob, lambda *a: ddim_ok(*a, floor=False), "SIGMA_MIN", "last step")
+    _failed_with(checks.check_per_pixel_log_prob, lambda lp: lp.sum(1), "shape", "channel")
+    _failed_with(checks.check_per_pixel_log_prob, lambda lp: lp.mean(-3), "average the channels")
+    _failed_with(checks.check_kronecker_credit,
+                 lambda lp, m: kron_ok(lp, m.mean((-2, -1), keepdim=True).expand_as(m)), "whole-image credit")
+    _failed_with(checks.check_kronecker_credit, lambda lp, m: kron_ok(lp.detach(), m), "not differentiable")
+    _failed_with(checks.check_heatmap_to_advantages, lambda h, s, sc=1.0: heat_ok(h, s, sc)[0], "shape", "(1, h, w)")
+    _failed_with(checks.check_pixel_advantages,
+                 lambda r, c=5.0: ((r - r.mean()) / ((r - r.mean(0)).std(unbiased=False) + 1e-6)).clamp(-c, c), "per-pixel mean map")
+    _failed_with(checks.check_lora_param_count,
+                 lambda m, r, t: sum(dict(m.named_modules())[n].weight.numel() for n in lora.matching_modules(m, t)), "full weights")
+    msg = _failed_with(checks.check_lora_param_count, lambda m, r, t: 2 * lora_count_ok(m, r, t), "factor 2")
+    assert "rank" in msg  # names the failing case
+
+
+def test_an_error_in_the_learners_code_is_reported_not_raised():
+    msg = _failed_with(checks.check_per_pixel_log_prob, lambda lp: lp.sum(dim=7), "IndexError")
+    assert "log_probs of shape" in msg
+
+
+def test_check_needs_a_function():
+    with pytest.raises(TypeError, match="callable"):
+        checks.check_ppo_clip_loss(0.5)
+
+
+def test_outcomes_are_displayed_with_the_grader_mime(capsys):
+    checks.check_ppo_clip_loss(ppo_ok)
+    assert "✓ ppo_clip_loss" in capsys.readouterr().out
+    assert checks.summary()["ppo_clip_loss"]["status"] == checks.PASSED
+
+
+# --------------------------------------------------------------------------------------------
+# Student versions
+# --------------------------------------------------------------------------------------------
+CELL = '''# Exercise 9.1: a title
+def f(x):
+    """Doc."""
+    y = 1
+    ### BEGIN SOLUTION
+    return x + y
+    ### END SOLUTION
+
+f = checks.check_something(f)
+'''
+
+
+def test_stub_source_keeps_signature_docstring_and_indentation():
+    out = make_student.stub_source(CELL)
+    assert "return x + y" not in out and "BEGIN SOLUTION" not in out
+    assert '    raise NotImplementedError(\'Exercise 9.1: a title — write your code here\')' in out
+    assert 'def f(x):\n    """Doc."""\n    y = 1\n' in out and out.endswith("f = checks.check_something(f)\n")
+    ns = {}
+    exec(out.replace("f = checks.check_something(f)\n", ""), ns)
+    with pytest.raises(NotImplementedError, match="Exercise 9.1"):
+        ns["f"](1)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ("# Exercise 1\n### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n", "not indented"),
+    ("def f():\n    ### BEGIN SOLUTION\n    return 1\n", "never closed"),
+    ("def f():\n    return 1\n    ### END SOLUTION\n", "without a"),
+])
+def test_stub_source_rejects_malformed_markers(bad, match):
+    with pytest.raises(ValueError, match=match):
+        make_student.stub_source(bad)
+
+
+def test_untagged_solution_block_is_an_error():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CELL)])
+    with pytest.raises(ValueError, match="not tagged 'solution'"):
+        make_student.make_student(nb, "x.ipynb")
+
+
+@pytest.mark.parametrize("name", COURSE_NOTEBOOKS)
+def test_student_version_has_stubs_no_solutions_no_answers(name):
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    n_solution = sum("solution" in c.metadata.get("tags", []) for c in nb.cells)
+    assert n_solution == len(EXERCISES[name])
+    student, counts = make_student.make_student(nb, name)
+    assert counts["stubbed"] == n_solution
+    text = "\n".join(c.source for c in student.cells)
+    assert "### BEGIN SOLUTION" not in text
+    assert text.count("raise NotImplementedError(") >= n_solution
+    assert not any("answer" in c.metadata.get("tags", []) for c in student.cells)
+    assert all(c.get("outputs", []) == [] for c in student.cells if c.cell_type == "code")
+    assert expected_exercises(ROOT / "notebooks" / name) == EXERCISES[name]
+
+
+def test_make_student_command_writes_the_folder(tmp_path):
+    paths = [str(ROOT / "notebooks" / n) for n in COURSE_NOTEBOOKS]
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_student.py"), *paths, "--out", str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(COURSE_NOTEBOOKS), res.stdout
+    answers = [c for c in nbformat.read(ROOT / "notebooks" / "01b_rl_from_zero.ipynb", as_version=4).cells
+               if "answer" in c.metadata.get("tags", [])]
+    assert answers and "answer cell(s) removed" in res.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Notebooks: instructor, student, pasted back, wrong (smoke mode)
+# --------------------------------------------------------------------------------------------
+def _student(name: str, folder: Path, replace: dict[int, str] | None = None) -> Path:
+    """Write the student version of a notebook; ``replace``: exercise index -> source of that cell."""
+    student, _ = make_student.make_student(nbformat.read(ROOT / "notebooks" / name, as_version=4), name)
+    cells = [c for c in student.cells if "solution" in c.metadata.get("tags", [])]
+    for k, src in (replace or {}).items():
+        cells[k].source = src
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(student, folder / name)
+    return folder / name
+
+
+def _solutions(name: str) -> list[str]:
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    return [c.source for c in nb.cells if "solution" in c.metadata.get("tags", [])]
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", COURSE_NOTEBOOKS)
+def test_instructor_version_passes_every_check(name, executed_notebook):
+    out, _, _ = executed_notebook(name)
+    outcomes = read_outcomes(out)
+    assert sorted(outcomes) == sorted(EXERCISES[name])
+    assert all(o["status"] == checks.PASSED for o in outcomes.values()), outcomes
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", COURSE_NOTEBOOKS)
+def test_student_version_runs_with_every_check_not_done(name, tmp_path):
+    report = grade_notebook(_student(name, tmp_path / "student"), tmp_path / "executed")
+    assert report["error"] is None, report["error"]
+    assert {n: o["status"] for n, o in report["exercises"].items()} == {n: checks.NOT_DONE for n in EXERCISES[name]}
+    assert report["score"] == 0
+
+
+@pytest.mark.notebook
+def test_solutions_pasted_back_grade_100_percent(tmp_path):
+    name = "01b_rl_from_zero.ipynb"
+    path = _student(name, tmp_path / "student", dict(enumerate(_solutions(name))))
+    out = tmp_path / "grades.json"
+    res = subprocess.run([sys.executable, "-m", "pxpo_lite.grade", str(path), "--json", str(out)],
+                         capture_output=True, text=True, cwd=str(ROOT), check=True)
+    report = json.loads(out.read_text())
+    assert report["score"] == 1.0 and report["passed"] == report["total"] == 2, res.stdout
+    assert "2/2 exercises passed (100 %)" in res.stdout
+
+
+@pytest.mark.notebook
+def test_a_wrong_solution_is_reported_failed_with_a_hint(tmp_path):
+    name = "01b_rl_from_zero.ipynb"
+    first, second = _solutions(name)
+    wrong = first.replace("return ((rewards - baseline) * score).mean()", "return -((rewards - baseline) * score).mean()")
+    assert wrong != first
+    report = grade_notebook(_student(name, tmp_path / "student", {0: wrong, 1: second}), tmp_path / "executed")
+    ex = report["exercises"]
+    assert ex["reinforce_estimator"]["status"] == checks.FAILED and "sign" in ex["reinforce_estimator"]["message"]
+    assert ex["ppo_clip_loss"]["status"] == checks.PASSED
+    assert report["score"] == 0.5 and report["error"] is None  # the notebook went on with the reference
