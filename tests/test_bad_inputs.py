@@ -1,0 +1,323 @@
+"""The bad-input table: every kind of bad input we tried, the exception it raises and its message.
+
+Each entry of ``BAD_INPUTS`` is ``BadInput(module, name, call, exc, match)``: ``call()`` must raise
+``exc`` (or a subclass) with a message matching the regex ``match`` (``re.search``). A good
+message names the argument, what was given, and what to do.
+
+**Adding a case**: append one ``BadInput(...)`` to ``BAD_INPUTS`` (near its module's others); use
+the cached ``_pipe()`` / ``_scheduler()`` / ``_lp()`` helpers so the table stays fast (no UNet
+call, no sampling). Only add a case for behaviour that already raises a clear error.
+
+**The documentation table** ``docs/bad_inputs.md`` (input → exception → message, with the
+*actual* messages) is written from this same list::
+
+    .venv/bin/python scripts/bad_inputs_table.py            # writes docs/bad_inputs.md
+
+Re-run it after adding cases or changing a message; ``test_doc_lists_every_case`` fails while a
+case is missing from the doc.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+import pytest
+import torch
+
+from pxpo_lite import advantages, ddim, losses, pixelwise, rewards, sampling, world
+
+torch.set_num_threads(1)
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
+
+
+class BadInput(NamedTuple):
+    module: str  # where the check lives (pxpo_lite.<module>)
+    name: str  # the bad input, in words (unique)
+    call: Callable[[], object]  # raises
+    exc: type  # expected exception type
+    match: str  # regex the message must match
+
+
+# --------------------------------------------------------------------------------------------
+# Cheap shared objects (built once, on first use)
+# --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _pipe():
+    """A randomly initialised tiny pipeline (no weights read): bad inputs fail before any UNet call."""
+    import pxpo_lite
+
+    return pxpo_lite.build_tiny_pipeline(seed=0)
+
+
+@functools.lru_cache(maxsize=None)
+def _scheduler(steps: int = 10):
+    from pxpo_lite.models import build_scheduler
+
+    s = build_scheduler()
+    s.set_timesteps(steps)
+    return s
+
+
+def _x(shape=(1, 3, 4, 4)):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def _lp(B=2, C=3, h=4, w=4):
+    return torch.zeros(B, C, h, w)
+
+
+def _step(**kw):
+    s = _scheduler()
+    args = dict(scheduler=s, model_output=_x(), timestep=s.timesteps[0], sample=_x(), eta=1.0)
+    args.update(kw)
+    return ddim.ddim_step_logprob(args.pop("scheduler"), args.pop("model_output"), args.pop("timestep"),
+                                  args.pop("sample"), **args)
+
+
+def _sample(**kw):
+    args = dict(prompts=["a portrait"], num_steps=2, progress=False)
+    args.update(kw)
+    return sampling.sample(_pipe(), args.pop("prompts"), **args)
+
+
+@functools.lru_cache(maxsize=None)
+def _traj():
+    return _sample(prompts=["a portrait", "a bald portrait"], generator=torch.Generator().manual_seed(0))
+
+
+def _images(B=2, H=8):
+    return torch.rand(B, 3, H, H, generator=torch.Generator().manual_seed(0))
+
+
+def _with(t: torch.Tensor, index, value) -> torch.Tensor:
+    t = t.clone()
+    t[index] = value
+    return t
+
+
+def _ddpm_scheduler():
+    from diffusers import DDPMScheduler
+
+    s = DDPMScheduler()
+    s.set_timesteps(10)
+    return s
+
+
+def _unset_scheduler():
+    from pxpo_lite.models import build_scheduler
+
+    return build_scheduler()
+
+
+def _non_ddim_pipe():
+    from diffusers import EulerDiscreteScheduler
+
+    import pxpo_lite
+
+    p = pxpo_lite.build_tiny_pipeline(seed=0)
+    p.scheduler = EulerDiscreteScheduler.from_config(p.scheduler.config)
+    return p
+
+
+NAN, INF = float("nan"), float("inf")
+
+# --------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------
+BAD_INPUTS: list[BadInput] = [
+    # ---- ddim: one DDIM step as a Gaussian policy ----
+    BadInput("ddim", "eta = 0 (deterministic DDIM)", lambda: _step(eta=0.0), ValueError, r"eta must be a number in \(0, 1\], got 0\.0"),
+    BadInput("ddim", "eta > 1", lambda: _step(eta=1.2), ValueError, r"eta must be a number in \(0, 1\], got 1\.2.*square root of a negative"),
+    BadInput("ddim", "eta = NaN", lambda: _step(eta=NAN), ValueError, r"eta must be a number in \(0, 1\], got nan"),
+    BadInput("ddim", "eta = True (bool)", lambda: _step(eta=True), ValueError, r"eta must be a number in \(0, 1\], got True"),
+    BadInput("ddim", "integer sample x_t", lambda: _step(sample=torch.zeros(1, 3, 4, 4, dtype=torch.int64)), TypeError,
+             r"sample must be a floating-point tensor .*int64.*truncate"),
+    BadInput("ddim", "integer prev_sample", lambda: _step(prev_sample=torch.zeros(1, 3, 4, 4, dtype=torch.int32)), TypeError,
+             r"prev_sample must be a floating-point tensor"),
+    BadInput("ddim", "model_output of another shape", lambda: _step(model_output=_x((1, 3, 8, 8))), ValueError,
+             r"model_output has shape \(1, 3, 8, 8\) but sample has shape \(1, 3, 4, 4\)"),
+    BadInput("ddim", "prev_sample of another shape", lambda: _step(prev_sample=_x((2, 3, 4, 4))), ValueError,
+             r"prev_sample has shape \(2, 3, 4, 4\) but sample has shape"),
+    BadInput("ddim", "timestep not in the schedule", lambda: _step(timestep=5), ValueError,
+             r"timestep 5 is not in the scheduler's schedule"),
+    BadInput("ddim", "timestep 2.5 (not an int)", lambda: _step(timestep=2.5), TypeError, r"timestep must be an int"),
+    BadInput("ddim", "timestep tensor of several steps", lambda: _step(timestep=torch.tensor([1, 2])), ValueError,
+             r"timestep must be a single step"),
+    BadInput("ddim", "a DDPMScheduler instead of DDIM", lambda: _step(scheduler=_ddpm_scheduler(), timestep=900), TypeError,
+             r"scheduler must be a diffusers DDIMScheduler, got DDPMScheduler"),
+    BadInput("ddim", "scheduler before set_timesteps", lambda: _step(scheduler=_unset_scheduler()), ValueError,
+             r"scheduler has no timesteps yet.*set_timesteps"),
+    BadInput("ddim", "both generator and variance_noise", lambda: _step(generator=torch.Generator(), variance_noise=_x()),
+             ValueError, r"pass either generator or variance_noise, not both"),
+    BadInput("ddim", "sigma_min = 0", lambda: _step(sigma_min=0.0), ValueError, r"sigma_min must be a finite number > 0"),
+    BadInput("ddim", "trainable_step_indices with eta = 0",
+             lambda: ddim.trainable_step_indices(_scheduler(), _scheduler().timesteps, 0.0), ValueError, r"eta must be a number in \(0, 1\]"),
+    # ---- sampling: trajectories ----
+    BadInput("sampling", "sample with eta > 1", lambda: _sample(eta=1.5), ValueError, r"eta must be a number in \(0, 1\], got 1\.5"),
+    BadInput("sampling", "num_steps = 0", lambda: _sample(num_steps=0), ValueError, r"num_steps must be an int >= 1, got 0"),
+    BadInput("sampling", "num_steps = 2.5", lambda: _sample(num_steps=2.5), ValueError, r"num_steps must be an int >= 1, got 2\.5"),
+    BadInput("sampling", "guidance_scale = inf", lambda: _sample(guidance_scale=INF), ValueError,
+             r"guidance_scale must be a finite number >= 0.*got inf"),
+    BadInput("sampling", "guidance_scale < 0", lambda: _sample(guidance_scale=-1.0), ValueError,
+             r"guidance_scale must be a finite number >= 0.*got -1\.0"),
+    BadInput("sampling", "guidance_scale = True (bool)", lambda: _sample(guidance_scale=True), ValueError,
+             r"guidance_scale must be a finite number >= 0.*got True"),
+    BadInput("sampling", "latents of the wrong spatial size", lambda: _sample(latents=torch.zeros(1, 3, 16, 16)), ValueError,
+             r"latents must be x_T of shape \(1, 3, 32, 32\).*got \(1, 3, 16, 16\)"),
+    BadInput("sampling", "latents with the wrong channels", lambda: _sample(latents=torch.zeros(1, 4, 32, 32)), ValueError,
+             r"latents must be x_T of shape \(1, 3, 32, 32\).*got \(1, 4, 32, 32\)"),
+    BadInput("sampling", "latents for another batch size", lambda: _sample(latents=torch.zeros(2, 3, 32, 32)), ValueError,
+             r"latents must be x_T of shape \(1, 3, 32, 32\) \(B=len\(prompts\)"),
+    BadInput("sampling", "integer latents", lambda: _sample(latents=torch.zeros(1, 3, 32, 32, dtype=torch.int64)), TypeError,
+             r"latents must be a floating-point tensor.*int64"),
+    BadInput("sampling", "empty prompt list", lambda: _sample(prompts=[]), ValueError, r"prompt must be a str or a non-empty list of str, got \[\]"),
+    BadInput("sampling", "batch_size = 0", lambda: _sample(batch_size=0), ValueError,
+             r"batch_size must be None \(all prompts at once\) or an int >= 1, got 0"),
+    BadInput("sampling", "pipe.scheduler is not DDIM", lambda: sampling.sample(_non_ddim_pipe(), ["a portrait"], progress=False),
+             TypeError, r"pipe.scheduler must be a DDIMScheduler, got EulerDiscreteScheduler"),
+    BadInput("sampling", "step_index past the last step", lambda: sampling.step_log_prob(_pipe(), _traj(), 2), ValueError,
+             r"step_index must be an int in \[0, 2\) \(the trajectory has T=2 steps\), got 2"),
+    BadInput("sampling", "sample index out of range", lambda: _traj().select([5]), IndexError,
+             r"idx \[5\] out of range for a trajectory of 2 samples"),
+    BadInput("sampling", "Trajectory.cat of nothing", lambda: sampling.Trajectory.cat([]), ValueError,
+             r"trajectories must be a non-empty list"),
+    # ---- rewards ----
+    BadInput("rewards", "images with a NaN", lambda: rewards.colour_reward_map(_with(_images(), (1, 0, 0, 0), NAN)), ValueError,
+             r"images has NaN/inf values in image\(s\) \[1\]"),
+    BadInput("rewards", "all-NaN image to jpeg_compressibility", lambda: rewards.jpeg_compressibility(torch.full((1, 3, 8, 8), NAN)),
+             ValueError, r"images has NaN/inf values in image\(s\) \[0\]"),
+    BadInput("rewards", "images (B,H,W) without channels", lambda: rewards.blue_reward(torch.rand(2, 8, 8)), ValueError,
+             r"images must be \(B,3,H,W\) in \[0,1\], got shape \(2, 8, 8\)"),
+    BadInput("rewards", "uint8 images", lambda: rewards.blue_reward(torch.zeros(1, 3, 8, 8, dtype=torch.uint8)), TypeError,
+             r"images must be float in \[0,1\], got dtype torch.uint8.*float\(\) / 255"),
+    BadInput("rewards", "images in [-1,1]", lambda: rewards.blue_reward(_images() * 2 - 1), ValueError,
+             r"images must be in \[0,1\].*x / 2 \+ 0\.5"),
+    BadInput("rewards", "fewer prompts than images", lambda: rewards.blue_reward(_images(3), ["a", "b"]), ValueError,
+             r"got 3 images but 2 prompts"),
+    BadInput("rewards", "reward of the wrong shape", lambda: rewards.check_reward(torch.zeros(2, 4, 4), _images(), kind="map"),
+             ValueError, r"reward has shape \(2, 4, 4\) but images are \(2, 3, 8, 8\); expected \(2, 8, 8\)"),
+    BadInput("rewards", "reward with a NaN", lambda: rewards.check_reward(torch.tensor([0.0, NAN]), _images()), ValueError,
+             r"reward has NaN/inf for sample\(s\) \[1\]"),
+    BadInput("rewards", "reward 1e39 (too large for float32)",
+             lambda: rewards.check_reward(torch.tensor([1e39, 0.0], dtype=torch.float64), _images()), ValueError,
+             r"reward is too large for sample\(s\) \[0\].*overflows float32"),
+    BadInput("rewards", "empty reward batch", lambda: rewards.check_reward(torch.zeros(0), _images(0)), ValueError,
+             r"reward is empty \(0 samples\)"),
+    BadInput("rewards", "reward as a list", lambda: rewards.check_reward([0.0, 1.0], _images()), TypeError,
+             r"reward must be a torch.Tensor \(B,\) or \(B,H,W\), got list"),
+    BadInput("rewards", "unknown reward name", lambda: rewards.get_reward("bleu"), ValueError,
+             r"unknown reward 'bleu'; choose one of \["),
+    # ---- losses ----
+    BadInput("losses", "clip_range = True", lambda: losses.ddpo_loss(_lp(), _lp(), torch.zeros(2), clip_range=True), ValueError,
+             r"clip_range must be None \(score-function loss\) or a finite number > 0.*got True"),
+    BadInput("losses", "clip_range = inf", lambda: losses.pxpo_loss(_lp(), _lp(), torch.zeros(2, 4, 4), clip_range=INF), ValueError,
+             r"clip_range must be None .* got inf"),
+    BadInput("losses", "empty batch", lambda: losses.pxpo_loss(_lp(B=0), _lp(B=0), torch.zeros(0, 4, 4)), ValueError,
+             r"log_prob is an empty batch"),
+    BadInput("losses", "one advantage too few", lambda: losses.ddpo_loss(_lp(), _lp(), torch.zeros(1)), ValueError,
+             r"advantages must have shape \(2,\) \(one advantage per sample\), got \(1,\)"),
+    BadInput("losses", "advantage map at image resolution", lambda: losses.pxpo_loss(_lp(), _lp(), torch.zeros(2, 32, 32)), ValueError,
+             r"advantage_map must have shape \(2, 4, 4\).*to_sample_grid"),
+    BadInput("losses", "old_log_prob of another shape", lambda: losses.ddpo_loss(_lp(), _lp(B=1), torch.zeros(2)), ValueError,
+             r"old_log_prob must have log_prob's shape \(2, 3, 4, 4\)"),
+    BadInput("losses", "log_prob (B,T,C,h,w) of all steps", lambda: losses.ddpo_loss(torch.zeros(2, 5, 3, 4, 4), _lp(), torch.zeros(2)),
+             ValueError, r"log_prob must be per-element log-probs \(B,C,h,w\) of one timestep"),
+    BadInput("losses", "log_prob with a NaN", lambda: losses.ddpo_loss(_with(_lp(), (1, 0, 0, 0), NAN), _lp(), torch.zeros(2)),
+             losses.NonFiniteError, r"log_prob has NaN/inf for sample\(s\) \[1\]"),
+    # ---- advantages ----
+    BadInput("advantages", "empty rewards", lambda: advantages.scalar_advantages(torch.zeros(0), []), ValueError,
+             r"rewards is empty \(0 samples\)"),
+    BadInput("advantages", "reward 1e39 in a list", lambda: advantages.scalar_advantages([1e39, 0.0], ["a", "b"]), ValueError,
+             r"rewards is too large for sample 0 \(prompt 'a'\).*overflows float32"),
+    BadInput("advantages", "a NaN reward", lambda: advantages.scalar_advantages(torch.tensor([0.0, NAN]), ["a", "b"]), ValueError,
+             r"rewards has NaN/inf for sample 1 \(prompt 'b'\)"),
+    BadInput("advantages", "more rewards than prompts", lambda: advantages.scalar_advantages(torch.zeros(3), ["a", "b"]), ValueError,
+             r"got 3 rewards but 2 prompts"),
+    BadInput("advantages", "(B,H) rewards", lambda: advantages.PerPromptStatTracker().update(["a", "b"], torch.zeros(2, 3)), ValueError,
+             r"rewards must be \(B,\) scalars or \(B,H,W\) maps, got shape \(2, 3\)"),
+    BadInput("advantages", "prompts as one str", lambda: advantages.PerPromptStatTracker().update("ab", torch.zeros(2)), TypeError,
+             r"prompts must be a list of str"),
+    BadInput("advantages", "maps to scalar_advantages", lambda: advantages.scalar_advantages(torch.zeros(2, 3, 3), ["a", "b"]),
+             ValueError, r"rewards must be \(B,\) for scalar advantages.*pixel_advantages"),
+    BadInput("advantages", "clip_max = 0", lambda: advantages.clip_advantages(torch.zeros(2), 0), ValueError,
+             r"clip_max must be a positive number"),
+    BadInput("advantages", "min_count > buffer_size", lambda: advantages.PerPromptStatTracker(buffer_size=4, min_count=8), ValueError,
+             r"min_count=8 > buffer_size=4"),
+    BadInput("advantages", "rel_tol < 0", lambda: advantages.PerPromptStatTracker(rel_tol=-1.0), ValueError,
+             r"rel_tol must be a finite number >= 0, got -1\.0"),
+    # ---- pixelwise ----
+    BadInput("pixelwise", "reward map of another aspect ratio", lambda: pixelwise.to_sample_grid(torch.zeros(1, 32, 32), (4, 8)),
+             ValueError, r"reward_map is 32×32 but the sample grid is 4×8: the aspect ratios differ"),
+    BadInput("pixelwise", "reward map (H,W) without batch", lambda: pixelwise.to_sample_grid(torch.zeros(32, 32), (4, 4)), ValueError,
+             r"reward_map must have shape \(B,H,W\)"),
+    BadInput("pixelwise", "reward map of another batch", lambda: pixelwise.to_sample_grid(torch.zeros(2, 8, 8), (4, 4), batch_size=3),
+             ValueError, r"reward_map has batch 2 but the log-probs have batch 3"),
+    BadInput("pixelwise", "reward map as a NumPy array", lambda: pixelwise.to_sample_grid(np.zeros((1, 8, 8)), (4, 4)), TypeError,
+             r"reward_map must be a torch.Tensor \(B,H,W\), got ndarray"),
+    BadInput("pixelwise", "grid size 0", lambda: pixelwise.to_sample_grid(torch.zeros(1, 8, 8), (0, 0)), ValueError,
+             r"size must be the sample grid \(h, w\) of positive ints"),
+    BadInput("pixelwise", "reward map with an inf", lambda: pixelwise.check_reward_map(_with(torch.zeros(2, 8, 8), (0, 1, 2), INF), _images()),
+             ValueError, r"reward_map has 1 NaN/inf values \(first at \(b, i, j\) = \(0, 1, 2\)\)"),
+    BadInput("pixelwise", "reward map not at image size", lambda: pixelwise.check_reward_map(torch.zeros(2, 4, 4), _images()), ValueError,
+             r"reward_map has shape \(2, 4, 4\) but the images \(2, 3, 8, 8\) need \(2, 8, 8\)"),
+    BadInput("pixelwise", "surrogate map off the sample grid", lambda: pixelwise.pxpo_surrogate(_lp(), torch.zeros(2, 8, 8)), ValueError,
+             r"reward_map must have shape \(2, 4, 4\).*to_sample_grid"),
+    BadInput("pixelwise", "log-probs (h,w) without channels", lambda: pixelwise.per_pixel(torch.zeros(4, 4)), ValueError,
+             r"log_probs must have shape \(\.\.\.,C,h,w\)"),
+    # ---- other modules: current behaviour that already raises a clear error ----
+    BadInput("checkpoint", "missing checkpoint folder",
+             lambda: __import__("pxpo_lite.checkpoint", fromlist=["load_checkpoint"]).load_checkpoint("/nonexistent/pxpo-ckpt"),
+             FileNotFoundError, r"checkpoint '/nonexistent/pxpo-ckpt' does not exist"),
+    BadInput("models", "missing weights folder",
+             lambda: __import__("pxpo_lite.models", fromlist=["load_tiny_pipeline"]).load_tiny_pipeline(path="/nonexistent/weights"),
+             FileNotFoundError, r"weights folder '/nonexistent/weights' does not exist"),
+    BadInput("world", "prompt outside the caption grammar", lambda: world.parse_prompt("a cat"), ValueError,
+             r"prompt 'a cat' does not follow the world's caption grammar"),
+    BadInput("world", "unknown colour in a prompt",
+             lambda: world.parse_prompt("a portrait with long teal hair and a red shirt on a blue background"), ValueError,
+             r"unknown hair colour 'teal'"),
+    BadInput("world", "render n = 0", lambda: world.render(0, seed=0), ValueError, r"n must be a positive int, got 0"),
+    BadInput("world", "negative seed", lambda: world.render(1, seed=-1), ValueError, r"seed must be >= 0, got -1"),
+    BadInput("canvas", "heatmap with a NaN",
+             lambda: __import__("pxpo_lite.canvas", fromlist=["check_heatmap"]).check_heatmap(np.full((8, 8), np.nan), (8, 8)),
+             ValueError, r"heatmap contains 64 NaN/inf value\(s\)"),
+    BadInput("canvas", "heatmap of the wrong size",
+             lambda: __import__("pxpo_lite.canvas", fromlist=["check_heatmap"]).check_heatmap(np.zeros((4, 4)), (8, 8)),
+             ValueError, r"heatmap must have the image's size \(8, 8\) \(H,W\), got shape \(4, 4\)"),
+    BadInput("canvas", "heatmap outside [-1,1]",
+             lambda: __import__("pxpo_lite.canvas", fromlist=["check_heatmap"]).check_heatmap(np.full((8, 8), 3.0), (8, 8)),
+             ValueError, r"heatmap values must lie in \[-1,1\]"),
+]
+
+
+def run_case(case: BadInput) -> BaseException:
+    """Call ``case.call`` and return what it raised (AssertionError if nothing)."""
+    try:
+        case.call()
+    except BaseException as e:  # noqa: BLE001 - we report every exception, the test checks the type
+        return e
+    return AssertionError(f"{case.name}: no exception was raised")
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[f"{c.module}: {c.name}" for c in BAD_INPUTS])
+def test_bad_input(case: BadInput):
+    with pytest.raises(case.exc, match=case.match):
+        case.call()
+
+
+def test_table_is_large_and_names_are_unique():
+    names = [c.name for c in BAD_INPUTS]
+    assert len(names) >= 40 and len(set(names)) == len(names)
+    for c in BAD_INPUTS:
+        re.compile(c.match)
+
+
+def test_doc_lists_every_case():
+    """docs/bad_inputs.md is generated from BAD_INPUTS (scripts/bad_inputs_table.py): it must list them all."""
+    text = DOC.read_text(encoding="utf-8")
+    missing = [c.name for c in BAD_INPUTS if f"| {c.name} |" not in text]
+    assert not missing, f"re-run `python scripts/bad_inputs_table.py`; missing from {DOC.name}: {missing}"
