@@ -5,12 +5,14 @@
 #   make smoke    the same in smoke mode (SMOKE=True), fast
 #   make pretrain rebuild the shipped weights (segmenter ~2 min, tiny diffusion model ~45 min on 2 cores)
 #   make bench    run the benchmarks and write benchmarks/results/*.json
-#   make strip    strip outputs from the notebooks before committing
+#   make sync     write every notebook's Colab badge, install line and kernelspec from pyproject/version
+#   make strip    sync, then strip outputs from the notebooks (nbstripout) before committing
+#   make student  build the student version of the notebooks (scripts/make_student.py)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: setup setup-test lab test run smoke pretrain evaluate bench strip clean
+.PHONY: setup setup-test setup-dev lab test run smoke pretrain evaluate bench sync strip student clean
 
 setup:
 	EXTRAS=notebooks bash scripts/setup.sh
@@ -18,6 +20,9 @@ setup:
 setup-test:
 	EXTRAS=test bash scripts/setup.sh
 	bash scripts/install_browser.sh || { [ -z "$$CI" ] && echo '!! Chromium could not be installed: the browser test will be skipped'; }
+
+setup-dev:
+	EXTRAS=dev bash scripts/setup.sh
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
@@ -42,8 +47,17 @@ evaluate: setup
 bench: setup
 	$(PY) benchmarks/run_all.py
 
-strip: setup
-	$(PY) scripts/strip_notebooks.py notebooks/*.ipynb
+sync: setup
+	$(PY) scripts/sync_notebooks.py
+
+# nbstripout keeps cell tags (the `parameters` cell) and cell ids; it also drops papermill's metadata.
+strip: setup-dev
+	$(PY) scripts/sync_notebooks.py
+	$(VENV)/bin/nbstripout --keep-id --keep-metadata-keys "cell.metadata.tags" \
+		--extra-keys "metadata.papermill cell.metadata.papermill" $(NOTEBOOKS)
+
+student: setup
+	$(PY) scripts/make_student.py
 
 clean:
 	rm -rf executed test-artifacts .pytest_cache

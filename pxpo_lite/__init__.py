@@ -13,4 +13,4 @@ from .trainer import TrainConfig, Trainer
 from .canvas import HeatmapCanvas
 from .feedback import FeedbackSession
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

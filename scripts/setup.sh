@@ -3,7 +3,11 @@
 #   - a virtual environment with the package and its notebook/test extras (editable install)
 #   - torch: $TORCH_SPEC (default torch==2.13.0, the version the project is tested with) unless
 #     the venv already has one; set TORCH_SPEC=torch to take your platform's default build
-#   - a Jupyter kernel "pxpo-lite" inside the venv, so JupyterLab and papermill use it
+#   - Jupyter kernels: the notebooks declare the standard "python3" kernelspec; JupyterLab and
+#     papermill started from this venv run it with the venv's own python (jupyter_client swaps
+#     "python" in the venv's python3 kernel.json for sys.executable). A named kernel "pxpo-lite"
+#     (also inside the venv) is registered for the test harness and scripts/run_notebooks.py.
+#   - EXTRAS: notebooks (make lab/run/sync), test (make test), dev (test + nbstripout, make strip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

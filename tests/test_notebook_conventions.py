@@ -1,15 +1,33 @@
-"""Every notebook follows the suite's anatomy (DESIGN.md §6) and runs in smoke mode."""
+"""Every notebook follows the suite's anatomy and runs in smoke mode.
+
+Anatomy: a first markdown cell with the Colab badge, intro (what you will learn, prerequisites,
+runtime), a set-up cell that installs the package on Colab, one ``parameters`` cell with
+``SMOKE``/``SEED``, results recorded with ``pxpo_lite.results.record``, exercises at the end.
+Badges, install lines and kernelspecs agree with pyproject's ``[project.urls] Repository`` and
+``pxpo_lite.__version__`` (``make sync`` writes them: ``scripts/sync_notebooks.py``).
+"""
 from __future__ import annotations
 
 import ast
 import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
+import pxpo_lite
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-BADGE = "https://colab.research.google.com/github/pxpo-lite/pxpo-lite/blob/main/notebooks/"
+REPO_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+OWNER_REPO = REPO_URL.removeprefix("https://github.com/")
+BADGE = f"https://colab.research.google.com/github/{OWNER_REPO}/blob/v{pxpo_lite.__version__}/notebooks/"
+INSTALL = f'%pip install -q "pxpo-lite @ git+{REPO_URL}@v{pxpo_lite.__version__}"'
+KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 
 
 def _cells(path):
@@ -33,11 +51,56 @@ def test_outputs_are_stripped(path):
             assert cell.get("execution_count") is None, f"{path.name} cell {i} has an execution count: strip it"
 
 
+def test_repository_is_a_github_url():
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", REPO_URL), REPO_URL
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_first_cell_is_badge_to_itself(path):
     first = _cells(path)[0]
     assert first["cell_type"] == "markdown", f"{path.name}: the first cell must be markdown with the Colab badge"
-    assert BADGE + path.name in _src(first), f"{path.name}: the Colab badge must point at notebooks/{path.name}"
+    links = re.findall(r"https://colab\.research\.google\.com/github/[^)\s]+", _src(first))
+    assert links == [BADGE + path.name], (
+        f"{path.name}: the Colab badge must point at {BADGE + path.name} (pyproject's Repository, "
+        f"tag v{pxpo_lite.__version__}), found {links}; run `make sync`"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_colab_install_is_pinned_to_this_version(path):
+    lines = [l.strip() for c in _cells(path) if c["cell_type"] == "code" for l in _src(c).splitlines() if "pip install" in l]
+    assert INSTALL in lines, f"{path.name}: the set-up cell must install `{INSTALL}`; run `make sync`"
+    others = [l for l in lines if re.search(r"pxpo[-_]lite", l) and l != INSTALL]
+    assert not others, f"{path.name}: other installs of the package {others}; keep one, `{INSTALL}`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_standard_python3_kernelspec(path):
+    spec = json.loads(path.read_text())["metadata"].get("kernelspec")
+    assert spec == KERNELSPEC, f"{path.name}: kernelspec {spec}, should be {KERNELSPEC}; run `make sync`"
+
+
+def test_sync_check_lists_every_disagreement(tmp_path):
+    """`sync_notebooks.py --check` exits 1 naming each disagreement; without --check it repairs them."""
+    nb = json.loads(NOTEBOOKS[0].read_text())
+    nb["cells"][0]["source"] = [s.replace(f"/blob/v{pxpo_lite.__version__}/", "/blob/main/") for s in nb["cells"][0]["source"]]
+    for c in nb["cells"]:
+        c["source"] = [s.replace(INSTALL, "%pip install -q git+https://github.com/someone/pxpo-lite") for s in c["source"]]
+    nb["metadata"]["kernelspec"] = {"display_name": "Python (x)", "language": "python", "name": "x"}
+    bad = tmp_path / NOTEBOOKS[0].name
+    bad.write_text(json.dumps(nb, indent=1))
+    good = tmp_path / NOTEBOOKS[1].name
+    shutil.copy(NOTEBOOKS[1], good)
+    script = [sys.executable, str(ROOT / "scripts" / "sync_notebooks.py")]
+    run = subprocess.run(script + ["--check", str(bad), str(good)], capture_output=True, text=True)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "badge should be" in run.stdout and "install line is" in run.stdout and "kernelspec is" in run.stdout
+    assert good.name not in run.stdout
+    assert subprocess.run(script + [str(bad)], capture_output=True, text=True).returncode == 0
+    assert subprocess.run(script + ["--check", str(bad), str(good)], capture_output=True, text=True).returncode == 0
+    repaired = json.loads(bad.read_text())
+    assert repaired["metadata"]["kernelspec"] == KERNELSPEC
+    assert [c["source"] for c in repaired["cells"]] == [c["source"] for c in json.loads(NOTEBOOKS[0].read_text())["cells"]]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

@@ -32,3 +32,38 @@ def test_ci_runs_the_readme_test_command():
 def test_shipped_assets_are_package_data():
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "assets/**/*" in py["tool"]["setuptools"]["package-data"]["pxpo_lite"]
+
+
+def test_one_version_setting_read_statically_from_the_package():
+    """pyproject's version is dynamic, read by setuptools from `__version__ = "..."` without importing torch."""
+    import ast
+
+    import pxpo_lite
+
+    py = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in py["project"] and "version" in py["project"]["dynamic"]
+    assert py["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "pxpo_lite.__version__"}
+    tree = ast.parse((ROOT / "pxpo_lite" / "__init__.py").read_text())
+    literal = [ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "__version__"]
+    assert literal == [pxpo_lite.__version__], "__version__ must be one plain string literal in pxpo_lite/__init__.py"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pxpo_lite.__version__)
+
+
+def test_one_repository_setting():
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", urls["Repository"])
+    for path in ["Makefile", "scripts/setup.sh", "scripts/sync_notebooks.py", "environment.yml"]:
+        assert "github.com/pxpo" not in (ROOT / path).read_text(), f"{path} names the repository; read pyproject's instead"
+
+
+def test_make_strip_uses_nbstripout_from_the_extra_it_installs():
+    make = (ROOT / "Makefile").read_text()
+    rule = make[make.index("\nstrip:"):].split("\n\n")[0]
+    assert "nbstripout" in rule and "sync_notebooks.py" in rule and "--keep-metadata-keys" in rule
+    setup_target = rule.split(":")[1].split()[0]
+    extras = re.search(rf"\n{setup_target}:\n\tEXTRAS=(\w+)", make).group(1)
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][extras]
+    assert any(d.startswith("nbstripout") for d in deps), f"make strip installs [{extras}], which lacks nbstripout"
+    assert not (ROOT / "scripts" / "strip_notebooks.py").exists()
+    for target in ("sync:", "student:"):
+        assert "\n" + target in make, f"Makefile lacks the {target} target"
