@@ -52,3 +52,7 @@ def test_nb07_comparison(executed_notebook):
         assert s["methods"]["ddpo"]["samples_to_reach_ddpo_final"] is not None
         for m in ("ddpo", "pxpo", "pxpo_clip"):
             assert _finite(results[f"{task}_{m}_final"])
+    # the benchmark's larger run is read from the installed package (pxpo_lite.data), never ../benchmarks
+    assert results["benchmark_command"].startswith("python benchmarks/bench_ddpo_vs_pxpo.py")
+    shipped = results["benchmark_final_rewards"]
+    assert set(shipped) == {"colour", "hair"} and all(_finite(*v.values()) for v in shipped.values())
