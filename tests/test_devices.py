@@ -1,0 +1,203 @@
+"""Device-correctness on CPU-only machines: what can be checked without a GPU.
+
+* ``devices.to_numpy`` / ``on_device_of`` behave (half precision, grads, bad inputs);
+* a static scan: no notebook calls ``.numpy()`` (they use ``to_numpy``), and no package module
+  calls ``.numpy()`` on a tensor that may sit on a GPU without ``.cpu()`` in the same expression
+  (an allow-list names the few receivers that are CPU tensors by construction, and why);
+* the public loaders take a ``device``; the pure tensor functions keep their input's device
+  (checked with ``device="meta"``: a tensor there has a shape but no data, so any hidden
+  CPU tensor, ``.cpu()`` or ``.numpy()`` on the way raises);
+* LoRA adapters on a float16 Stable Diffusion UNet are trained in float32 (``sd.float32_adapters``).
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pxpo_lite import devices, pixelwise, rewards
+from pxpo_lite.devices import on_device_of, peak_memory_gb, reset_peak_memory, to_numpy
+
+ROOT = Path(__file__).resolve().parents[1]
+META = torch.device("meta")
+
+
+# -- to_numpy / on_device_of ------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_to_numpy_gives_float32_for_low_precision_and_detaches(dtype):
+    t = torch.linspace(-1, 1, 6, dtype=dtype, requires_grad=True).reshape(2, 3)
+    a = to_numpy(t * 2)
+    assert isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == (2, 3)
+    np.testing.assert_allclose(a, (t.detach().float() * 2).numpy(), atol=1e-2)
+
+
+def test_to_numpy_keeps_integer_and_bool_dtypes_and_passes_arrays_and_lists():
+    assert to_numpy(torch.tensor([1, 2])).dtype == np.int64
+    assert to_numpy(torch.tensor([True])).dtype == np.bool_
+    arr = np.ones(3)
+    assert to_numpy(arr) is arr
+    assert to_numpy([[1.0, 2.0]]).shape == (1, 2)
+
+
+def test_to_numpy_bad_inputs_name_the_argument():
+    with pytest.raises(ValueError, match="meta"):
+        to_numpy(torch.zeros(2, device=META))
+    for bad in (None, "image", {"a": 1}):
+        with pytest.raises(TypeError, match="x must be"):
+            to_numpy(bad)
+
+
+def test_on_device_of_moves_cpu_maps_to_the_log_probs_device():
+    logp = torch.zeros(4, 4, device=META)  # stands in for a CUDA tensor: CPU × meta raises like CPU × CUDA
+    cpu_map = torch.ones(4, 4)
+    with pytest.raises(RuntimeError):
+        cpu_map * logp
+    assert (on_device_of(cpu_map, logp) * logp).device == META
+    assert on_device_of(np.ones((4, 4), np.float32), logp).device == META
+    with pytest.raises(TypeError, match="reference"):
+        on_device_of(cpu_map, np.zeros(3))
+
+
+def test_painted_advantages_meet_log_probs_on_their_device():
+    """Notebook 06, section 3: the advantage map from a (NumPy) painting times the log-prob map."""
+    from pxpo_lite.feedback import heatmap_to_advantages
+
+    logp = torch.zeros(8, 8, device=META)
+    A = heatmap_to_advantages(np.ones((64, 64), np.float32), (8, 8))[0]
+    assert A.device.type == "cpu"
+    assert (on_device_of(A, logp) * logp).device == META
+
+
+def test_peak_memory_on_cpu_reports_what_it_measures():
+    reset_peak_memory("cpu")  # a no-op on the CPU, must not raise
+    gib, what = peak_memory_gb("cpu")
+    assert gib is None or gib > 0
+    assert isinstance(what, str) and what
+    assert devices.default_device() in ("cpu", "cuda")
+
+
+# -- static scan: .numpy() only on CPU tensors ------------------------------------------------
+# (module, receiver expression) -> why the receiver is a CPU tensor by construction.
+ALLOWED = {
+    ("advantages.py", "r64"): "r64 = _as_float64(rewards), which returns a float64 CPU tensor",
+    ("advantages.py", "tensors[key]"): "tensors read from a safetensors checkpoint are loaded on the CPU",
+    ("feedback.py", "image"): "image = FeedbackSession.image, which returns .detach().cpu()",
+    ("feedback.py", "self.image"): "FeedbackSession.image returns .detach().cpu()",
+    ("feedback.py", "s.image"): "FeedbackSession.image returns .detach().cpu()",
+    ("fidelity.py", "labels"): "labels = torch.cat([... .argmax(1).cpu() ...])",
+}
+
+
+def _numpy_calls(tree: ast.AST):
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "numpy"
+                and not node.args and not node.keywords):
+            yield node.lineno, ast.unparse(node.func.value)
+
+
+def _package_modules():
+    return sorted(p for p in (ROOT / "pxpo_lite").rglob("*.py"))
+
+
+def _cpu_side(receiver: str) -> bool:
+    return ".cpu()" in receiver or "to_numpy(" in receiver
+
+
+def test_package_never_calls_numpy_on_a_tensor_that_may_be_on_a_gpu():
+    bad = []
+    for path in _package_modules():
+        for line, receiver in _numpy_calls(ast.parse(path.read_text(encoding="utf-8"))):
+            if not _cpu_side(receiver) and (path.name, receiver) not in ALLOWED:
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {receiver}.numpy()")
+    assert not bad, (
+        "these hand a tensor that may be on a GPU to NumPy; use pxpo_lite.devices.to_numpy(t) (or .cpu() in the "
+        "same expression), or add the receiver to ALLOWED with the reason it is a CPU tensor:\n" + "\n".join(bad)
+    )
+
+
+def test_the_scan_catches_a_gpu_tensor_handed_to_numpy():
+    """The scan itself can fail: a planted ``x.numpy()`` is reported, ``x.cpu().numpy()`` is not."""
+    calls = dict((r, line) for line, r in _numpy_calls(ast.parse("a = x.numpy()\nb = y.detach().cpu().numpy()\nc = np.asarray(z)")))
+    assert set(calls) == {"x", "y.detach().cpu()"}
+    assert not _cpu_side("x") and _cpu_side("y.detach().cpu()")
+
+
+def test_allow_list_has_no_stale_entries():
+    found = {(p.name, r) for p in _package_modules() for _, r in _numpy_calls(ast.parse(p.read_text(encoding="utf-8")))}
+    stale = sorted(set(ALLOWED) - found)
+    assert not stale, f"ALLOWED names receivers no module has any more (remove them): {stale}"
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# (notebook, receiver) -> why it is a CPU tensor by construction (prefer to_numpy in new code).
+NB_ALLOWED = {
+    ("01b_rl_from_zero.ipynb", "v"): "v = torch.tensor(<list of Python floats>): made on the CPU, no model involved",
+}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebooks_hand_tensors_to_numpy_only_through_to_numpy(path):
+    for i, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        src = "\n".join(ln[: len(ln) - len(ln.lstrip())] + "pass" if ln.lstrip().startswith(("%", "!")) else ln
+                        for ln in src.splitlines())  # IPython magics -> pass, same indentation
+        calls = [(n, r) for n, r in _numpy_calls(ast.parse(src)) if (path.name, r) not in NB_ALLOWED]
+        assert not calls, (
+            f"{path.name} cell {i}: {[r + '.numpy()' for _, r in calls]} fails on a GPU runtime; "
+            "use pxpo_lite.devices.to_numpy(...) instead"
+        )
+
+
+# -- a device argument threaded through the public entry points -------------------------------
+def test_public_loaders_take_a_device():
+    from pxpo_lite import models, sd
+
+    for fn in (models.load_tiny_pipeline, models.load_segmenter, sd.load_sd_pipeline):
+        assert "device" in inspect.signature(fn).parameters, f"{fn.__module__}.{fn.__name__} has no device argument"
+
+
+@pytest.mark.parametrize("name, fn, args, shape", [
+    ("rewards.blueness", rewards.blueness, [(2, 3, 64, 64)], (2, 64, 64)),
+    ("pixelwise.to_sample_grid (SD: 8× pooling)", lambda m: pixelwise.to_sample_grid(m, (8, 8)), [(2, 64, 64)], (2, 8, 8)),
+    ("pixelwise.per_pixel", pixelwise.per_pixel, [(2, 5, 4, 8, 8)], (2, 5, 8, 8)),
+    ("pixelwise.per_sample", pixelwise.per_sample, [(2, 5, 4, 8, 8)], (2, 5)),
+    ("pixelwise.pxpo_surrogate", pixelwise.pxpo_surrogate, [(2, 5, 4, 8, 8), (2, 8, 8)], ()),
+    ("pixelwise.ddpo_surrogate", pixelwise.ddpo_surrogate, [(2, 5, 4, 8, 8), (2,)], ()),
+])
+def test_tensor_functions_stay_on_their_inputs_device(name, fn, args, shape):
+    out = fn(*[torch.zeros(s, device=META) for s in args])
+    assert out.device == META, f"{name} moved its result to {out.device}"
+    assert tuple(out.shape) == shape
+
+
+# -- LoRA on a float16 Stable Diffusion UNet --------------------------------------------------
+def test_float16_sd_unet_trains_float32_adapters():
+    """peft makes adapters in the wrapped layer's dtype (float16 on SD in half precision): AdamW on
+    float16 weights loses small updates (ε = 1e-8 is 0 in float16). ``float32_adapters`` fixes that
+    and the float16 model still samples and back-propagates into the adapters."""
+    from pxpo_lite import lora, sample, step_log_prob
+    from pxpo_lite.sd import build_tiny_sd_pipeline, float32_adapters
+
+    pipe = build_tiny_sd_pipeline(0)
+    pipe.unet.to(torch.float16)
+    lora.add_lora(pipe.unet, rank=2)
+    params = lora.lora_parameters(pipe.unet)
+    assert {p.dtype for p in params} == {torch.float16}  # what peft gives: the reason for the helper
+    ids = [id(p) for p in params]
+    assert float32_adapters(params) == len(params)
+    assert {p.dtype for p in params} == {torch.float32} and [id(p) for p in params] == ids  # same objects
+    assert float32_adapters(params) == 0  # idempotent
+    traj = sample(pipe, ["a portrait with long red hair and a green shirt on a navy background"], num_steps=2,
+                  generator=torch.Generator().manual_seed(0), progress=False)
+    step_log_prob(pipe, traj, 0).float().mean().backward()
+    grads = [p.grad for p in params if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    with pytest.raises(TypeError, match="params"):
+        float32_adapters([torch.zeros(2)])
