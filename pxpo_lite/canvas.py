@@ -1,6 +1,6 @@
 """The heatmap canvas: paint what you like (+) and dislike (−) on a generated image.
 
-The paper's third experiment (PAPER.md, "Single-image human feedback") asks a person for a
+The paper's third experiment (``docs/paper.md``, "Single-image human feedback") asks a person for a
 **reward map** r(x_0^{i,j}, c): one signed value per pixel. This widget is how a person paints
 it. It shows one image (the tiny model's 32×32 enlarged with crisp pixels) and offers a
 "like" brush (+), a "dislike" brush (−), an eraser, brush size and strength, undo, clear and a

@@ -1,7 +1,7 @@
 """Stable Diffusion: the same RL code on VAE latents.
 
 For Stable Diffusion the policy acts on **latent cells** (4×64×64 for a 512² image), not on
-pixels (PAPER.md, "Latent models"): ``pxpo_lite.sample`` stores latents x_T..x_0 and decodes
+pixels (``docs/paper.md``, "Latent models"): ``pxpo_lite.sample`` stores latents x_T..x_0 and decodes
 x_0 with the VAE, and ``pixelwise.to_sample_grid`` area-averages an image-resolution reward
 map by the VAE factor (8) to the latent grid.
 
