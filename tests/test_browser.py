@@ -9,7 +9,11 @@ the kernel's heatmap statistics, checks the signs per region, presses Undo in th
 checks the dislike stroke is gone. Screenshots go to ``test-artifacts/`` (set
 ``PXPO_UPDATE_DOCS_SCREENSHOT=1`` to also refresh ``docs/canvas.png`` for the README).
 
-Skipped only when Chromium or Playwright is missing outside CI; in CI (CI=true) it must run.
+The second test repeats the painting under Colab's widget stack (ipywidgets 7, anywidget 0.9,
+classic Notebook 6.5) in a venv of Colab's versions that it builds itself (scripts/make_venv.py).
+
+Skipped only when Chromium or Playwright (or, for the second, the package index) is missing
+outside CI; in CI (CI=true) both must run.
 """
 from __future__ import annotations
 
@@ -27,6 +31,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import make_venv  # noqa: E402  (scripts/ is not a package: builds the Colab-versions venv)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -250,14 +257,27 @@ def test_paint_like_and_dislike_in_jupyterlab(jupyter_lab):
 
 
 def test_paint_with_ipywidgets7_classic_notebook():
-    """Colab compatibility: the same painting under ipywidgets 7 (Colab's) in classic Notebook 6.5,
-    with Colab's enable_custom_widget_manager() simulated. Needs a separate venv (see
-    tests/browser_assets/check_ipywidgets7.py); opt in with PXPO_IPYWIDGETS7_VENV=/path/to/venv."""
+    """Colab compatibility: the same painting under Colab's ipywidgets 7 / anywidget in classic
+    Notebook 6.5, with Colab's enable_custom_widget_manager() simulated
+    (tests/browser_assets/check_ipywidgets7.py). Runs in the venv of Colab's versions that
+    scripts/make_venv.py builds once and caches under test-artifacts/venvs/ (shared with
+    tests/test_install.py); PXPO_IPYWIDGETS7_VENV=/path/to/venv uses another one."""
+    _require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run scripts/install_browser.sh (as root)")
+    try:
+        import playwright.sync_api  # noqa: F401  (only to check it is installed)
+    except ImportError:
+        _require(False, "the playwright package is missing: pip install -e .[test]")
     venv = os.environ.get("PXPO_IPYWIDGETS7_VENV")
     if not venv:
-        pytest.skip("opt-in: set PXPO_IPYWIDGETS7_VENV to a venv with ipywidgets<8, notebook<7, anywidget "
-                    "(recipe in tests/browser_assets/check_ipywidgets7.py)")
-    _require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run scripts/install_browser.sh (as root)")
+        try:
+            venv = make_venv.colab_venv(make_venv.Timer("ipywidgets7"))
+        except make_venv.PipError as e:
+            if e.network and not IN_CI:
+                pytest.skip(f"cannot build the Colab-versions venv, the package index is unreachable: {str(e)[:300]}")
+            raise
     script = ROOT / "tests" / "browser_assets" / "check_ipywidgets7.py"
-    r = subprocess.run([sys.executable, str(script), venv], capture_output=True, text=True, timeout=300)
+    t0 = time.time()
+    r = subprocess.run([sys.executable, str(script), str(venv)], capture_output=True, text=True, timeout=600)
+    print(r.stdout[-2000:], f"ipywidgets-7 check took {time.time() - t0:.1f} s")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "ipywidgets 7." in r.stdout and "after undo" in r.stdout, r.stdout[-3000:]

@@ -2,14 +2,16 @@
 
 Colab renders third-party widgets with ipywidgets 7 semantics through its custom widget manager,
 which anywidget switches on by calling google.colab.output.enable_custom_widget_manager(). This
-script starts classic Notebook from a *separate* venv holding ipywidgets 7 (no torch needed: it
-loads pxpo_lite/canvas.py by path), simulates Colab's module in the kernel, paints with both
-brushes in headless Chromium, presses Undo, and checks the kernel's heatmap. Exit code 0 = pass.
+script starts classic Notebook from a *separate* venv holding Colab's widget stack (it loads
+pxpo_lite/canvas.py of this checkout by path), simulates Colab's module in the kernel, paints
+with both brushes in headless Chromium, presses Undo, and checks the kernel's heatmap.
+Exit code 0 = pass.
 
-Make the venv once (about 30 s; then run tests/test_browser.py with PXPO_IPYWIDGETS7_VENV set):
-    python3 -m venv /tmp/ipyw7 && /tmp/ipyw7/bin/pip install "ipywidgets>=7.7,<8" "anywidget==0.11.*" "notebook<7" numpy pillow
-    /tmp/ipyw7/bin/python -m ipykernel install --prefix /tmp/ipyw7 --name ipyw7
-    python tests/browser_assets/check_ipywidgets7.py /tmp/ipyw7
+tests/test_browser.py runs it on the venv of Colab's versions (scripts/colab_versions.txt:
+ipywidgets 7.7.1, anywidget 0.9.21, notebook 6.5.7), which it builds once and caches:
+    python scripts/make_venv.py colab          # prints the venv's path
+    python tests/browser_assets/check_ipywidgets7.py test-artifacts/venvs/colab-<key>
+Any venv with ipywidgets<8, anywidget, notebook<7, ipykernel, numpy, pillow works.
 """
 import json, os, secrets, signal, socket, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
@@ -22,7 +24,7 @@ SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 SHOTS.mkdir(exist_ok=True)
 tmp = Path(tempfile.mkdtemp()); root = tmp / "root"; root.mkdir()
 nb = nbf.v4.new_notebook()
-nb.metadata["kernelspec"] = {"name": "ipyw7", "display_name": "ipyw7", "language": "python"}
+nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}  # the venv's own
 nb.cells = [nbf.v4.new_code_cell(f"""
 import sys, types, importlib.util
 calls = []
@@ -46,17 +48,25 @@ nbf.write(nb, root / "check.ipynb")
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
 token = secrets.token_hex(8)
-env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp / "rt"), "PATH": f"{VENV}/bin:" + os.environ["PATH"]}
+# The venv's python3 kernel, never a user kernelspec or this checkout on the path.
+env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+env.update(JUPYTER_RUNTIME_DIR=str(tmp / "rt"), JUPYTER_DATA_DIR=str(tmp / "data"), JUPYTER_PREFER_ENV_PATH="1",
+           PATH=f"{VENV}/bin:" + os.environ["PATH"])
 proc = subprocess.Popen([str(VENV / "bin/jupyter"), "notebook", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
                          f"--NotebookApp.token={token}", f"--notebook-dir={root}"], stdout=open(tmp / "log", "w"),
                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
 base = f"http://127.0.0.1:{port}"
 try:
-    for _ in range(300):
+    for _ in range(400):
         try:
             urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2); break
         except OSError:
+            if proc.poll() is not None: break
             time.sleep(0.3)
+    else:
+        raise SystemExit("classic Notebook did not start:\n" + (tmp / "log").read_text()[-3000:])
+    if proc.poll() is not None:
+        raise SystemExit("classic Notebook exited:\n" + (tmp / "log").read_text()[-3000:])
     t0 = time.time()
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
