@@ -25,6 +25,8 @@ from typing import Sequence
 
 import torch
 from accelerate.utils import extract_model_from_parallel
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -71,8 +73,6 @@ def add_lora(
     ``alpha`` defaults to ``rank`` (scale 1). ``init=True`` is peft's default (B = 0: the model
     is unchanged until trained); "gaussian" as diffusers' SD LoRA training.
     """
-    from peft import LoraConfig
-
     model = unwrap(model)
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive int, got {rank!r}")
@@ -109,8 +109,6 @@ def _clean(key: str) -> str:
 
 def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The adapter weights with clean keys (no adapter name, no ``module.`` prefix), detached, contiguous."""
-    from peft import get_peft_model_state_dict
-
     model = unwrap(model)
     if not has_lora(model):
         raise ValueError(f"{type(model).__name__} has no LoRA adapters to save; add them with add_lora first")
@@ -120,8 +118,6 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_lora_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy adapter weights into a model that already has adapters; every key must match."""
-    from peft import set_peft_model_state_dict
-
     model = unwrap(model)
     state = {_clean(k): v for k, v in state.items()}
     expected = set(lora_state_dict(model))
@@ -137,8 +133,6 @@ def load_lora_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor])
 
 def save_lora(model: torch.nn.Module, path, config=None) -> Path:
     """Write ``adapter_model.safetensors`` + ``adapter_config.json`` into the folder ``path``."""
-    from safetensors.torch import save_file
-
     model = unwrap(model)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -152,9 +146,6 @@ def save_lora(model: torch.nn.Module, path, config=None) -> Path:
 
 def load_lora(model: torch.nn.Module, path):
     """Add adapters as saved in ``path`` to a fresh (adapter-free) model and load their weights."""
-    from peft import LoraConfig
-    from safetensors.torch import load_file
-
     path = Path(path)
     for f in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
         if not (path / f).is_file():
