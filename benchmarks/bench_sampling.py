@@ -67,7 +67,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import pxpo_lite
-    from pxpo_lite.sampling import _device, _unet_dtype, model_output, resolve_guidance_scale
+    from pxpo_lite.sampling import model_output, pipeline_device, unet_dtype, resolve_guidance_scale
 
     torch.set_num_threads(args.threads)
     pipe = build(args.model, args.device)
@@ -100,7 +100,7 @@ def main(argv=None):
     # re-scoring vs the bare UNet forward passes on the same stored states
     cond = traj.prompt_embeds
     uncond = traj.negative_prompt_embeds
-    dev, dtype = _device(pipe), _unet_dtype(pipe)
+    dev, dtype = pipeline_device(pipe), unet_dtype(pipe)
 
     @torch.no_grad()
     def unet_only():

@@ -169,11 +169,11 @@ def _check_prompts(pipe, prompts) -> list[str]:
     return list(prompts)
 
 
-def _unet_dtype(pipe) -> torch.dtype:
+def unet_dtype(pipe) -> torch.dtype:
     return next(pipe.unet.parameters()).dtype
 
 
-def _device(pipe) -> torch.device:
+def pipeline_device(pipe) -> torch.device:
     return next(pipe.unet.parameters()).device
 
 
@@ -181,7 +181,7 @@ def initial_latents(pipe, batch_size: int, generator=None) -> torch.Tensor:
     """x_T ~ N(0, σ_init² I) in the UNet's sample space, drawn as the diffusers pipelines draw it."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    x = randn_tensor(_sample_shape(pipe, batch_size), generator=generator, device=_device(pipe), dtype=_unet_dtype(pipe))
+    x = randn_tensor(_sample_shape(pipe, batch_size), generator=generator, device=pipeline_device(pipe), dtype=unet_dtype(pipe))
     return x * pipe.scheduler.init_noise_sigma
 
 
@@ -197,10 +197,10 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
 
 
 def _encode(pipe, prompts: list[str], guidance_scale: float, negative_prompt=None):
-    device = _device(pipe)
+    device = pipeline_device(pipe)
     guided = uses_guidance(guidance_scale)
     cond, uncond = pipe.encode_prompt(prompts, device, 1, guided, negative_prompt)
-    dtype = _unet_dtype(pipe)
+    dtype = unet_dtype(pipe)
     cond = cond.to(dtype)
     uncond = uncond.to(dtype) if guided else None
     return cond, uncond
@@ -290,9 +290,9 @@ def sample(
         x = initial_latents(pipe, B, generator)
     else:
         _check_latents(pipe, latents, B)
-        x = latents.to(device=_device(pipe), dtype=_unet_dtype(pipe))
+        x = latents.to(device=pipeline_device(pipe), dtype=unet_dtype(pipe))
     scheduler = pipe.scheduler
-    scheduler.set_timesteps(num_steps, device=_device(pipe))
+    scheduler.set_timesteps(num_steps, device=pipeline_device(pipe))
     timesteps = scheduler.timesteps
     xs, lps = [x], []
     for t in _progress(timesteps, progress, "sampling"):
@@ -351,7 +351,7 @@ def sync_scheduler(pipe, traj: Trajectory):
     s = pipe.scheduler
     T = traj.num_steps
     if s.num_inference_steps != T or s.timesteps.shape[0] != T or not torch.equal(s.timesteps.cpu(), traj.timesteps.cpu()):
-        s.set_timesteps(T, device=_device(pipe))
+        s.set_timesteps(T, device=pipeline_device(pipe))
     if not torch.equal(s.timesteps.cpu(), traj.timesteps.cpu()):
         raise ValueError(
             f"the trajectory was sampled with timesteps {traj.timesteps.tolist()} but pipe.scheduler gives "
@@ -387,7 +387,7 @@ def step_log_prob(pipe, traj: Trajectory, step_index: int, sample_idx=None) -> t
     i = _check_step_index(traj, step_index)
     scheduler = sync_scheduler(pipe, traj)
     sub = traj if sample_idx is None else traj.select(sample_idx)
-    device, dtype = _device(pipe), _unet_dtype(pipe)
+    device, dtype = pipeline_device(pipe), unet_dtype(pipe)
     x_t = sub.latents[:, i].to(device=device, dtype=dtype)
     x_prev = sub.latents[:, i + 1].to(device=device, dtype=dtype)
     cond = sub.prompt_embeds.to(device=device, dtype=dtype)
