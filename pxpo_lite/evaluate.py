@@ -15,15 +15,15 @@ from pathlib import Path
 import torch
 
 from . import fidelity, models, world
-from .pretrain import EVAL_SEED, evaluate_segmenter
+from .pretrain import HELDOUT_WORLD_SEED, evaluate_segmenter
+from .sampling import sample
 
 
-def sample_images(pipe, prompts, steps: int = 20, guidance: float | None = None, seed: int = 0, batch: int = 64, eta: float = 0.0):
+def sample_images(pipe, prompts, steps: int = 20, guidance: float | None = None, seed: int = 0, batch: int = 64, eta: float = 1.0):
+    """Images (B,3,H,W) of ``prompts`` from the DDIM sampler (:func:`pxpo_lite.sample`), ``batch`` at a time, seeded."""
     g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(0, len(prompts), batch):
-        out.append(pipe(prompts[i : i + batch], num_inference_steps=steps, guidance_scale=guidance, generator=g, eta=eta).images)
-    return torch.cat(out)
+    return sample(pipe, list(prompts), num_steps=steps, eta=eta, guidance_scale=guidance, generator=g, progress=False,
+                  batch_size=batch).images
 
 
 def main(argv=None):
@@ -43,7 +43,7 @@ def main(argv=None):
     pipe = models.load_tiny_pipeline(path=args.pipeline)
     load_s = time.perf_counter() - t
     seg = models.load_segmenter()
-    prompts = world.render(args.n, seed=EVAL_SEED + 1).prompts
+    prompts = world.render(args.n, seed=HELDOUT_WORLD_SEED + 1).prompts
 
     report = {"command": "python -m pxpo_lite.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
               "n": args.n, "steps": args.steps, "eta": args.eta, "load_s": round(load_s, 2), "by_guidance": {}}

@@ -1,16 +1,16 @@
 """Human feedback on one image: painted heatmaps → per-pixel advantages → PXPO → regenerate.
 
-The paper's third experiment (PAPER.md, "Single-image human feedback"): a person marks what
+The paper's third experiment (docs/paper.md, "Single-image human feedback"): a person marks what
 they like and dislike on one generated image; PXPO is applied to that image repeatedly until it
 matches their intent. Each **round** here is
 
 1. the person paints a signed map h (H,W) in [−1, 1] on the current image
-   (:class:`pxpo_lite.canvas.HeatmapCanvas`, or :func:`synthetic_heatmap` headless);
+   (:class:`pxpo_lite.canvas.HeatmapCanvas`, or :func:`pxpo_lite.synthetic_feedback.synthetic_heatmap` headless);
 2. the map becomes per-pixel advantages, A[i,j] = advantage_scale · h[i,j] (area-averaged onto
    the sample grid for latent models). One image has no baseline to subtract (a batch mean of
    one map is the map itself), and none is needed: 0 already means "fine as it is", so an
    unpainted pixel gets no push at all — the Kronecker credit of PXPO;
-3. PXPO updates LoRA adapters on that image's stored trajectory (PAPER.md):
+3. PXPO updates LoRA adapters on that image's stored trajectory (docs/paper.md):
    ∇J = Σ_{i,j} A[i,j] Σ_t ∇ log p_θ(x_{t−1}^{ij} | x_t, c)   (``pxpo_lite.pxpo_loss``):
    liked pixels' sampled transitions become more likely (they stay), disliked ones less likely
    (they change);
@@ -44,116 +44,14 @@ import torch
 
 from . import lora as lora_lib
 from .canvas import check_heatmap
-from .ddim import step_sigmas
+from .config_checks import check_number, check_positive_int
 from .pixelwise import to_sample_grid
-from .sampling import sample, step_log_prob
+from .sampling import sample
+from .update import policy_gradient_step, summarise, trainable_steps
 
-FEEDBACK_SOURCES = ("canvas", "synthetic")
 MANIFEST = "session.json"
 FORMAT = "pxpo-lite feedback session"
 FORMAT_VERSION = 1
-DEFAULT_RULE = "dislike hair, like background"
-
-
-# --------------------------------------------------------------------------------------------
-# Synthetic feedback: a reproducible stand-in for the person
-# --------------------------------------------------------------------------------------------
-def parse_rule(rule: str) -> list[tuple[float, str]]:
-    """'dislike hair, like background' -> [(-1.0, 'hair'), (1.0, 'background')].
-
-    Clauses are separated by ',' or ';'; each is ``like|dislike <target>`` where the target is a
-    part of the world (``pxpo_lite.world.PARTS``: background, skin, hair, eyes, mouth, shirt) or
-    ``blob`` (a soft disc at a random place, from the seed).
-    """
-    from .world import PARTS
-
-    if not isinstance(rule, str) or not rule.strip():
-        raise ValueError(f"rule must be a non-empty str like {DEFAULT_RULE!r}, got {rule!r}")
-    out = []
-    for clause in rule.replace(";", ",").split(","):
-        words = clause.strip().lower().split()
-        if not words:
-            continue
-        if len(words) != 2 or words[0] not in ("like", "dislike") or words[1] not in PARTS + ("blob",):
-            raise ValueError(
-                f"cannot read the clause {clause.strip()!r} of rule {rule!r}: write 'like <target>' or "
-                f"'dislike <target>' with a target from {list(PARTS) + ['blob']}, e.g. {DEFAULT_RULE!r}"
-            )
-        out.append((1.0 if words[0] == "like" else -1.0, words[1]))
-    return out
-
-
-def blob(shape: tuple[int, int], seed: int, radius: float | None = None) -> np.ndarray:
-    """A soft disc in [0,1] (1 inside, a 1-px linear edge) at a place drawn from ``seed``."""
-    H, W = shape
-    rng = np.random.default_rng(seed)
-    r = radius if radius is not None else rng.uniform(0.12, 0.22) * min(H, W)
-    cy, cx = rng.uniform(r, H - r), rng.uniform(r, W - r)
-    yy, xx = np.mgrid[0:H, 0:W] + 0.5
-    return np.clip(r + 0.5 - np.hypot(yy - cy, xx - cx), 0, 1).astype(np.float32)
-
-
-def part_masks(image: torch.Tensor, segmenter=None) -> np.ndarray:
-    """(H,W) int part labels of a (3,H,W) image, by the shipped segmenter (``load_segmenter``)."""
-    if segmenter is None:
-        from .models import load_segmenter
-
-        segmenter = load_segmenter()
-    dev = next(segmenter.parameters()).device
-    with torch.no_grad():
-        logits = segmenter(torch.as_tensor(image, dtype=torch.float32)[None].to(dev))
-    return logits.argmax(1)[0].cpu().numpy()
-
-
-def synthetic_heatmap(
-    image,
-    rule: str = DEFAULT_RULE,
-    seed: int = 0,
-    strength: float = 1.0,
-    segmenter=None,
-) -> np.ndarray:
-    """A reproducible painted map for ``image`` (3,H,W): what a person following ``rule`` would paint.
-
-    Parts are found by the segmenter (the same image gives the same map); ``blob`` targets come
-    from ``seed``. Later clauses paint over earlier ones. Returns (H,W) float32 in [−1, 1].
-    """
-    clauses = parse_rule(rule)
-    if not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    img = torch.as_tensor(image.detach().cpu() if isinstance(image, torch.Tensor) else np.asarray(image), dtype=torch.float32)
-    if img.ndim != 3 or img.shape[0] != 3:
-        raise ValueError(f"image must be (3,H,W) in [0,1], got shape {tuple(img.shape)}")
-    H, W = img.shape[1:]
-    heat = np.zeros((H, W), np.float32)
-    labels = None
-    for k, (sign, target) in enumerate(clauses):
-        if target == "blob":
-            m = blob((H, W), seed + k)
-        else:
-            from .world import PART_ID
-
-            if labels is None:
-                labels = part_masks(img, segmenter)
-            m = (labels == PART_ID[target]).astype(np.float32)
-        heat = np.where(m > 0, sign * strength * m, heat)
-    return heat.astype(np.float32)
-
-
-def next_heatmap(source: str, image, canvas=None, rule: str = DEFAULT_RULE, seed: int = 0, segmenter=None):
-    """The map for this round: ``(heatmap, source_used, message)``. Never waits for a person.
-
-    ``source="canvas"`` uses whatever ``canvas`` holds right now; if it holds nothing (no
-    canvas, no image, or an empty map) it falls back to the synthetic rule and says so.
-    """
-    if source not in FEEDBACK_SOURCES:
-        raise ValueError(f"FEEDBACK_SOURCE must be one of {FEEDBACK_SOURCES}, got {source!r}")
-    if source == "canvas":
-        if canvas is not None and canvas.has_image and not canvas.is_empty:
-            return canvas.heatmap, "canvas", f"using the painted canvas ({canvas!r})"
-        why = "no canvas" if canvas is None else ("the canvas has no image" if not canvas.has_image else "nothing is painted on the canvas")
-        msg = f"{why}: falling back to synthetic feedback ({rule!r}) so nothing waits for a person"
-        return synthetic_heatmap(image, rule, seed, segmenter=segmenter), "synthetic", msg
-    return synthetic_heatmap(image, rule, seed, segmenter=segmenter), "synthetic", f"synthetic feedback: {rule!r}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,60 +94,67 @@ class RefineConfig:
     """Hyper-parameters of single-image refinement (one line each; defaults measured on the tiny model)."""
 
     num_steps: int = 20            # T, DDIM steps of the image's trajectory
-    eta: float = 1.0               # DDIM η (> 0: a stochastic policy with log-probs)
+    eta: float = 1.0               # DDIM η in (0, 1] (> 0: a stochastic policy with log-probs)
     guidance_scale: float | None = None  # None: the pipeline's default
-    lr: float = 3e-3               # AdamW on the LoRA adapters (a fresh optimiser each round)
-    updates_per_round: int = 4     # gradient steps on the one trajectory per round
+    learning_rate: float = 3e-3    # AdamW on the LoRA adapters (a fresh optimiser each round)
+    updates_per_round: int = 4     # optimiser steps on the one trajectory per round
     clip_range: float | None = None  # None: score-function PXPO (the paper); a float: element-wise PPO clip
     advantage_scale: float = 1.0   # A = advantage_scale · painted value
-    max_grad_norm: float = 1.0     # gradient-norm clip
+    max_grad_norm: float | None = 1.0  # gradient-norm clip (None: no clipping)
     lora_rank: int = 4
     lora_targets: tuple[str, ...] | None = None  # None: lora.TINY_TARGETS for pixel models, SD_TARGETS for SD
-    min_sigma: float = 1e-3        # steps with σ_t below this are deterministic (no action): skipped
+
+    #: names used by sessions saved before the rename; :meth:`from_dict` maps/ignores them
+    LEGACY = {"lr": "learning_rate", "min_sigma": None}
 
     def __post_init__(self):
         if self.lora_targets is not None:
             self.lora_targets = tuple(self.lora_targets)
         for name in ("num_steps", "updates_per_round", "lora_rank"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"RefineConfig.{name} must be an int >= 1, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"RefineConfig.lr must be > 0, got {self.lr!r}")
+            check_positive_int(f"RefineConfig.{name}", getattr(self, name))
+        check_number("RefineConfig.eta", self.eta, above=0, at_most=1)
+        check_number("RefineConfig.guidance_scale", self.guidance_scale, at_least=0, optional=True)
+        check_number("RefineConfig.learning_rate", self.learning_rate, above=0)
+        check_number("RefineConfig.clip_range", self.clip_range, above=0, optional=True)
+        check_number("RefineConfig.advantage_scale", self.advantage_scale, above=0)
+        check_number("RefineConfig.max_grad_norm", self.max_grad_norm, above=0, optional=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RefineConfig":
+        """A config from a saved manifest's dict (older names: ``lr`` -> ``learning_rate``; ``min_sigma`` dropped)."""
+        d = dict(d)
+        for old, new in cls.LEGACY.items():
+            if old in d:
+                value = d.pop(old)
+                if new is not None:
+                    d.setdefault(new, value)
+        return cls(**d)
 
 
-def pxpo_update(pipe, traj, advantages: torch.Tensor, params: Sequence[torch.nn.Parameter], config: RefineConfig, progress: bool = False) -> dict:
+def pxpo_refine(pipe, traj, advantages: torch.Tensor, params: Sequence[torch.nn.Parameter], config: RefineConfig,
+                progress: bool = False) -> dict:
     """``config.updates_per_round`` AdamW steps of the PXPO loss on one stored trajectory.
 
-    Each step sums the loss over the trajectory's stochastic timesteps (σ_t ≥ ``min_sigma``):
-    L = (1/T') Σ_t pxpo_loss(log p_θ(x_{t−1}|x_t), log p_old, A). Returns diagnostics.
+    Each step is one :func:`pxpo_lite.update.policy_gradient_step` over the trajectory's
+    stochastic timesteps (σ_t > 0): L = (1/T') Σ_t pxpo_loss(log p_θ(x_{t−1}|x_t), log p_old, A),
+    with ``advantages`` A (1,h,w) on the sample grid. A NaN/inf stops with
+    :class:`~pxpo_lite.update.TrainingError` before the step (weights untouched). Returns diagnostics.
     """
     from tqdm.auto import tqdm
 
-    from .losses import pxpo_loss
-
     params = list(params)
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    sigmas = step_sigmas(pipe.scheduler, traj.timesteps, traj.eta)
-    steps = [i for i, s in enumerate(sigmas) if s >= config.min_sigma]
+    opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    steps = trainable_steps(pipe, traj.num_steps, traj.eta)
+    pairs = [(torch.arange(len(traj)), i) for i in steps]  # every sample (one image) at every stochastic step
     A = advantages.to(traj.log_probs.device)
     was_training = pipe.unet.training
     pipe.unet.eval()  # no dropout: the ratio is exactly 1 before the first step
     infos = []
     try:
-        for _ in tqdm(range(config.updates_per_round), disable=not progress, desc="PXPO update", leave=False):
-            opt.zero_grad(set_to_none=True)
-            total, kl, ratio_max = 0.0, 0.0, 0.0
-            for i in steps:
-                lp = step_log_prob(pipe, traj, i)  # (1,C,h,w), with grad
-                loss, info = pxpo_loss(lp, traj.log_probs[:, i].to(lp.device), A.to(lp.device), clip_range=config.clip_range)
-                (loss / len(steps)).backward()
-                total += info["loss"] / len(steps)
-                kl += info["approx_kl"] / len(steps)
-                ratio_max = max(ratio_max, info["ratio_max"])
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-            opt.step()
-            infos.append({"loss": total, "approx_kl": kl, "ratio_max": ratio_max, "grad_norm": grad_norm})
+        for k in tqdm(range(config.updates_per_round), disable=not progress, desc="PXPO refinement", leave=False):
+            res = policy_gradient_step(pipe, traj, A, pairs, opt, params, method="pxpo", clip_range=config.clip_range,
+                                       max_grad_norm=config.max_grad_norm, where=f", refinement step {k + 1}")
+            infos.append({**summarise(res.infos), "grad_norm": res.grad_norm})
     finally:
         pipe.unet.train(was_training)
     return {
@@ -315,7 +220,7 @@ def base_fingerprint(unet: torch.nn.Module) -> str:
     """sha256 (first 16 hex) of the base (non-LoRA) UNet weights: a session only reloads onto the
     model it was made with."""
     h = hashlib.sha256()
-    for name, p in sorted(lora_lib._unwrap(unet).state_dict().items()):
+    for name, p in sorted(lora_lib.unwrap(unet).state_dict().items()):
         if "lora_" in name:
             continue
         name = name.replace(".base_layer.", ".")
@@ -338,7 +243,7 @@ class FeedbackRound:
     source: str                  # "canvas" | "synthetic" | free text
     note: str = ""
     stats: dict = field(default_factory=dict)    # change_* (see change_stats), painted pixel counts
-    update: dict = field(default_factory=dict)   # loss, approx_kl, grad norm ... (pxpo_update)
+    update: dict = field(default_factory=dict)   # loss, approx_kl, grad norm ... (pxpo_refine)
     seconds: float = 0.0         # wall time of the round (update + regenerate)
 
     @property
@@ -371,6 +276,9 @@ class FeedbackSession:
             raise TypeError(f"seed must be an int, got {seed!r}")
         self.prompt, self.seed = prompt, seed
         self.config = config if config is not None else RefineConfig()
+        if not isinstance(self.config, RefineConfig):
+            raise TypeError(f"config must be a RefineConfig, got {type(self.config).__name__}")
+        trainable_steps(pipe, self.config.num_steps, self.config.eta)  # ValueError now if no step could be trained
         self.progress = progress
         self.folder = Path(folder) if folder is not None else None
         if self.folder is not None and _restore is None and (self.folder / MANIFEST).exists() and not overwrite:
@@ -450,7 +358,7 @@ class FeedbackSession:
         c = self.config
         sample_size = tuple(self.trajectory.log_probs.shape[-2:])
         A = heatmap_to_advantages(heat, sample_size, c.advantage_scale)
-        update = pxpo_update(self.pipe, self.trajectory, A, self.params, c, progress=self.progress)
+        update = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress)
         before = image.numpy()
         self.trajectory = self._generate()
         after = self.image.numpy()
@@ -584,7 +492,7 @@ class FeedbackSession:
                 f"session {str(folder)!r} was made with another base model (fingerprint {m['base_fingerprint']}, this pipe "
                 f"has {fp}); load it with the pipeline it was made with"
             )
-        config = RefineConfig(**{**m["config"], "lora_targets": tuple(m["lora"]["target_modules"])})
+        config = RefineConfig.from_dict({**m["config"], "lora_targets": tuple(m["lora"]["target_modules"])})
         config.lora_rank = m["lora"]["rank"]
 
         def npy(e, name):

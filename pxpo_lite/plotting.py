@@ -35,7 +35,7 @@ def to_pil(image: torch.Tensor | np.ndarray, scale: int = 1):
     return im
 
 
-def _wrap(title: str | None, width: int) -> str:
+def wrap_title(title: str | None, width: int) -> str:
     return "\n".join(textwrap.wrap(title, width)) if title else ""
 
 
@@ -69,7 +69,7 @@ def image_grid(
             ax.imshow(to_numpy_image(images[i]), interpolation="nearest")
             if titles is not None:
                 t = short_prompt(titles[i]) if shorten else titles[i]
-                ax.set_title(_wrap(t, title_width), fontsize=7)
+                ax.set_title(wrap_title(t, title_width), fontsize=7)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
@@ -111,7 +111,7 @@ def heatmap_grid(
             ax.imshow(to_numpy_image(images[i]), interpolation="nearest", extent=(0, W, H, 0))
             im = ax.imshow(maps[i], cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="nearest", extent=(0, W, H, 0))
             if titles is not None:
-                ax.set_title(_wrap(short_prompt(titles[i]), 22), fontsize=7)
+                ax.set_title(wrap_title(short_prompt(titles[i]), 22), fontsize=7)
     if im is not None:
         cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
         if colorbar_label:
@@ -131,3 +131,32 @@ def curve_with_band(ax, x, runs, label: str | None = None, color=None):
     if runs.shape[0] > 1:
         ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=line.get_color())
     return line
+
+
+def plot_reward_curve(runs, ax=None, x: str = "n_samples", label: str | None = None, color=None):
+    """Reward vs samples of :meth:`pxpo_lite.trainer.Trainer.train`'s metrics (notebook 02).
+
+    ``runs``: one run's metrics (list of dicts) — band = ±1 std of the rewards *within* each
+    epoch — or several runs (list of lists) — band = ±1 std *across* runs
+    (:func:`curve_with_band`). Returns the axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2))
+    if runs and isinstance(runs[0], dict):
+        xs = [r[x] for r in runs]
+        mean = np.array([r["reward_mean"] for r in runs])
+        std = np.array([r["reward_std"] for r in runs])
+        (line,) = ax.plot(xs, mean, label=label, color=color)
+        ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+        band = "±1 std within the batch"
+    else:
+        xs = [r[x] for r in runs[0]]
+        curve_with_band(ax, xs, [[r["reward_mean"] for r in run] for run in runs], label=label, color=color)
+        band = f"±1 std over {len(runs)} runs"
+    ax.set_xlabel("samples" if x == "n_samples" else x)
+    ax.set_ylabel(f"mean reward ({band})")
+    if label:
+        ax.legend()
+    return ax

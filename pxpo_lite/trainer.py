@@ -1,24 +1,26 @@
 """The RL training engine: one loop for DDPO (a reward per image) and PXPO (a reward per pixel).
 
-Each epoch (PAPER.md; ddpo-pytorch's ``train.py``, CleanRL-style in one place):
+Each epoch (docs/paper.md; ddpo-pytorch's ``train.py``; laid out like CleanRL's ``ppo.py`` in
+:meth:`Trainer.train_epoch`, whose comments carry these numbers):
 
 1. **sample** ``samples_per_epoch`` trajectories with the current policy (η > 0), keeping every
    step's per-element log-prob — :func:`pxpo_lite.sample`;
-2. **reward** the final images — a map (B,H,W) or a vector (B,);
-3. **advantages** — DDPO: per-prompt normalised scalars (a map reward is reduced to its mean);
-   PXPO: per-pixel normalised maps (a scalar reward becomes a constant map: PXPO ≡ DDPO then),
-   mapped to the sample grid (:func:`pxpo_lite.pixelwise.to_sample_grid`), clipped;
-4. **inner updates** — for ``inner_epochs`` passes: shuffle the samples, cut them into
-   micro-batches of ``train_batch_size``, and for each micro-batch a random
-   ``timestep_fraction`` of its stochastic steps (in random order): re-score the stored
-   transition with gradients (:func:`pxpo_lite.step_log_prob`), compute the loss
-   (:func:`~pxpo_lite.losses.ddpo_loss` / :func:`~pxpo_lite.losses.pxpo_loss`), backward. Gradients
-   of ``grad_accum_steps`` micro-batches × their timesteps are averaged into one optimiser
-   step, after grad-norm clipping;
+2. **reward** the final images — a map (B,H,W) or a vector (B,) (checked by
+   :func:`pxpo_lite.rewards.check_reward`);
+3. **advantages** — DDPO: per-prompt normalised scalars (B,) (a map reward is reduced to its
+   mean); PXPO: per-pixel normalised maps (a scalar reward becomes a constant map: PXPO ≡ DDPO
+   then), mapped once to the sample grid (B,h,w) (:func:`pxpo_lite.pixelwise.to_sample_grid`),
+   clipped;
+4. **optimise** — for ``inner_epochs`` passes: shuffle the samples, cut them into micro-batches
+   of ``train_batch_size``; ``grad_accum_steps`` micro-batches, each at a random
+   ``timestep_fraction`` of the stochastic steps (σ_t > 0), make one optimiser step of
+   :func:`pxpo_lite.update.policy_gradient_step` (re-score with gradients, ``ddpo_loss`` /
+   ``pxpo_loss``, backward, average over processes, clip, step);
 5. **log** one plain dict per epoch (``trainer.metrics``).
 
 Steps whose σ_t = 0 (the last step of a "trailing" schedule, which is deterministic) carry no
-policy and are skipped by default (``skip_deterministic_steps``).
+policy and are never trained (:func:`pxpo_lite.ddim.trainable_step_indices`); a schedule with
+no stochastic step at all (e.g. ``num_steps=1`` on the tiny model) is an error.
 
 **Distributed** (accelerate, any number of processes): every process samples its share, the
 rewards and prompts are gathered so every process computes the same advantages, and gradients
@@ -36,23 +38,27 @@ Introduced in ``notebooks/02_ddpo.ipynb``; used by notebooks 04–08.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from accelerate import Accelerator
 
 from . import rewards as rewards_mod
 from .advantages import PerPromptStatTracker, clip_advantages
-from .losses import NonFiniteError, ddpo_loss, pxpo_loss
+from .config_checks import check_number, check_positive_int
+from .pixelwise import to_sample_grid
+from .sampling import Trajectory, sample
+from .update import TrainingError, policy_gradient_step, summarise, trainable_steps
+
+__all__ = ["CHECKPOINT_KIND", "TrainConfig", "Trainer", "TrainingError", "check_config"]
 
 CHECKPOINT_KIND = "pxpo-lite-trainer"
 
-
-class TrainingError(ValueError):
-    """A training step was stopped (NaN/inf) before it could change the weights."""
+#: Fields that older versions of TrainConfig had; ``from_dict`` ignores them (old checkpoints load).
+REMOVED_FIELDS = ("skip_deterministic_steps",)
 
 
 @dataclass
@@ -62,15 +68,14 @@ class TrainConfig:
     method: str = "ddpo"  # "ddpo": one advantage per image; "pxpo": one advantage per pixel
     clip_range: float | None = None  # None: score-function (REINFORCE) loss; a number ε: PPO-clipped ratio (DDPO: 1e-4)
     num_steps: int = 20  # DDIM steps T per trajectory
-    eta: float = 1.0  # DDIM noise weight; > 0 so that each step is a Gaussian policy with a log-prob
+    eta: float = 1.0  # DDIM noise weight in (0, 1]; > 0 so that each step is a Gaussian policy with a log-prob
     guidance_scale: float | None = None  # classifier-free guidance w; None: the pipeline's default (tiny 1.0, SD 5.0)
     samples_per_epoch: int = 32  # trajectories sampled per epoch, summed over all processes
     sample_batch_size: int = 16  # trajectories per sampling call, per process
     train_batch_size: int = 8  # samples per forward/backward micro-batch, per process
     grad_accum_steps: int = 1  # micro-batches (each over its timesteps) accumulated into one optimiser step
     inner_epochs: int = 1  # passes over each epoch's samples (DDPO's num_inner_epochs)
-    timestep_fraction: float = 1.0  # share of each micro-batch's stochastic steps trained on (random subset)
-    skip_deterministic_steps: bool = True  # do not train on steps with σ_t = 0 (no policy there)
+    timestep_fraction: float = 1.0  # share of each micro-batch's stochastic steps (σ_t > 0) trained on (random subset)
     learning_rate: float | None = None  # AdamW lr; None: 3e-4 with LoRA (DDPO), 1e-4 for the full UNet
     adam_betas: tuple = (0.9, 0.999)  # AdamW betas
     adam_weight_decay: float = 1e-4  # AdamW weight decay
@@ -98,10 +103,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k not in REMOVED_FIELDS}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
-        d = dict(d)
         if d.get("adam_betas") is not None:
             d["adam_betas"] = tuple(d["adam_betas"])
         if d.get("lora_targets") is not None:
@@ -110,22 +115,34 @@ class TrainConfig:
 
 
 def check_config(config: TrainConfig, num_processes: int = 1) -> None:
-    """Raise ValueError naming the numbers when the config cannot work."""
+    """Raise ValueError naming the field and the numbers when the config cannot work."""
     c = config
+    if not isinstance(c, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(c).__name__}")
     if c.method not in ("ddpo", "pxpo"):
         raise ValueError(f"method must be 'ddpo' or 'pxpo', got {c.method!r}")
-    if c.clip_range is not None and not (isinstance(c.clip_range, (int, float)) and c.clip_range > 0):
-        raise ValueError(f"clip_range must be None (score-function loss) or a positive number, got {c.clip_range!r}")
-    for name in ("num_steps", "samples_per_epoch", "sample_batch_size", "train_batch_size", "grad_accum_steps", "inner_epochs"):
-        v = getattr(c, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if not (isinstance(c.eta, (int, float)) and c.eta > 0):
-        raise ValueError(f"eta must be > 0 (η = 0 makes the step deterministic: no log-prob), got {c.eta!r}")
-    if not (0 < c.timestep_fraction <= 1):
-        raise ValueError(f"timestep_fraction must be in (0, 1], got {c.timestep_fraction!r}")
     if c.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {c.mixed_precision!r}")
+    for name in ("num_steps", "samples_per_epoch", "sample_batch_size", "train_batch_size", "grad_accum_steps",
+                 "inner_epochs", "stat_buffer_size", "stat_min_count", "lora_rank"):
+        check_positive_int(name, getattr(c, name))
+    if isinstance(c.seed, bool) or not isinstance(c.seed, int) or c.seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {c.seed!r}")
+    check_number("clip_range", c.clip_range, above=0, optional=True)  # None: score-function loss
+    if c.eta is None or isinstance(c.eta, bool) or not isinstance(c.eta, (int, float)) or not 0 < c.eta <= 1:
+        raise ValueError(f"eta must be a number in (0, 1] (η = 0 makes the step deterministic: no log-prob), got {c.eta!r}")
+    check_number("guidance_scale", c.guidance_scale, at_least=0, optional=True)
+    check_number("timestep_fraction", c.timestep_fraction, above=0, at_most=1)
+    check_number("learning_rate", c.learning_rate, above=0, optional=True)
+    check_number("max_grad_norm", c.max_grad_norm, above=0, optional=True)
+    check_number("adv_clip_max", c.adv_clip_max, above=0, optional=True)
+    check_number("adam_weight_decay", c.adam_weight_decay, at_least=0)
+    check_number("adam_eps", c.adam_eps, above=0)
+    check_number("lora_alpha", c.lora_alpha, above=0, optional=True)
+    if not isinstance(c.adam_betas, (tuple, list)) or len(c.adam_betas) != 2:
+        raise ValueError(f"adam_betas must be two numbers in [0, 1), got {c.adam_betas!r}")
+    for k, b in enumerate(c.adam_betas):
+        check_number(f"adam_betas[{k}]", b, at_least=0, below=1)
     if c.samples_per_epoch % num_processes:
         raise ValueError(
             f"samples_per_epoch={c.samples_per_epoch} is not divisible by the number of processes {num_processes}; "
@@ -156,14 +173,6 @@ def _gen(*parts) -> torch.Generator:
     return torch.Generator().manual_seed(_seed_for(*parts))
 
 
-def deterministic_steps(scheduler, timesteps: torch.Tensor, eta: float, sigma_min: float | None = None) -> list[int]:
-    """Indices of steps whose σ_t ≤ sigma_min (no noise: nothing for the policy to learn there)."""
-    from .ddim import SIGMA_MIN, step_sigmas
-
-    sigma_min = SIGMA_MIN if sigma_min is None else sigma_min
-    return [i for i, sigma in enumerate(step_sigmas(scheduler, timesteps, eta)) if sigma <= sigma_min]
-
-
 class Trainer:
     """Trains ``pipe.unet`` (LoRA adapters or all weights) with DDPO or PXPO.
 
@@ -171,12 +180,12 @@ class Trainer:
         pipe: the tiny pipeline or a diffusers ``StableDiffusionPipeline`` (DDIM scheduler).
         reward_fn: ``fn(images (B,3,H,W) [0,1], prompts) -> (B,) or (B,H,W)``, or a name from
             ``pxpo_lite.rewards.REWARDS``.
-        config: :class:`TrainConfig`.
+        config: :class:`TrainConfig` (checked before anything is built).
         prompts: the prompts to train on (each sample draws one uniformly), or a function
             ``(n, generator) -> list of n prompts``. Default: every prompt of the world.
         accelerator: an ``accelerate.Accelerator`` (default: a new one from the config).
 
-    ``train(epochs)`` returns ``self.metrics``, a list with one plain dict per epoch.
+    ``train(epochs, callback)`` returns ``self.metrics``, a list with one plain dict per epoch.
 
     LoRA or full UNet (``use_lora=None`` picks): Stable Diffusion gets rank-4 LoRA on the
     attention projections, as DDPO. The tiny model trains all its weights: on "less blue"
@@ -187,20 +196,18 @@ class Trainer:
     """
 
     def __init__(self, pipe, reward_fn, config: TrainConfig | None = None, prompts=None, accelerator=None):
-        from accelerate import Accelerator
-
         self.config = config = config if config is not None else TrainConfig()
-        if not isinstance(config, TrainConfig):
-            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        check_config(config, 1 if accelerator is None else accelerator.num_processes)  # before anything is built
+        self.steps = trainable_steps(pipe, config.num_steps, config.eta)  # indices with σ_t > 0 (ValueError if none)
         if accelerator is None:
             kwargs = {"mixed_precision": config.mixed_precision}
             if config.log_with:
                 kwargs["log_with"] = config.log_with
             accelerator = Accelerator(**kwargs)
+            check_config(config, accelerator.num_processes)  # the process count is known now
             if config.log_with:
                 accelerator.init_trackers("pxpo-lite", config=config.to_dict())
         self.accelerator = accelerator
-        check_config(config, accelerator.num_processes)
         self.pipe = pipe
         self.reward_fn = rewards_mod.get_reward(reward_fn)
         if prompts is None:
@@ -256,19 +263,16 @@ class Trainer:
         return [self.prompts[i] for i in idx]
 
     def _rewards(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """The reward function's output, checked (:func:`rewards.check_reward`): (B,) or (B,H,W), finite."""
         r = self.reward_fn(images, prompts)
-        if not isinstance(r, torch.Tensor):
-            raise TypeError(f"the reward function must return a torch.Tensor, got {type(r).__name__}")
-        B, _, H, W = images.shape
-        if tuple(r.shape) not in ((B,), (B, H, W)):
-            raise ValueError(
-                f"the reward function returned shape {tuple(r.shape)} for {B} images of {H}×{W}; "
-                f"expected ({B},) (one per image) or ({B}, {H}, {W}) (one per pixel)"
-            )
-        bad = ~torch.isfinite(r.detach().reshape(B, -1)).all(dim=1)
-        if bad.any():
-            who = ", ".join(f"sample {i} (prompt {prompts[i]!r})" for i in bad.nonzero().flatten().tolist()[:5])
-            raise TrainingError(f"the reward is NaN/inf for {who}; training stopped before any update (weights untouched)")
+        try:
+            rewards_mod.check_reward(r, images, name="the reward function's output")
+        except ValueError as e:
+            bad = []
+            if isinstance(r, torch.Tensor) and r.shape[:1] == images.shape[:1]:
+                bad = (~torch.isfinite(r.detach().reshape(len(r), -1)).all(dim=1)).nonzero().flatten().tolist()
+            who = "".join(f"; sample {i} (prompt {prompts[i]!r})" for i in bad[:5])
+            raise TrainingError(f"{e}{who}; training stopped before any update (weights untouched)") from e
         return r.detach().float()
 
     def sample_and_score(self, prompts: Sequence[str] | None = None, n: int | None = None, generator=None):
@@ -276,31 +280,17 @@ class Trainer:
 
         Returns ``(trajectory, rewards)``, rewards (B,) or (B,H,W) as the reward function gives.
         """
-        from .sampling import Trajectory, sample
-
         c = self.config
         generator = generator if generator is not None else torch.Generator().manual_seed(c.seed)
         if prompts is None:
             prompts = self._draw_prompts(n or self.local_samples, generator)
-        prompts = list(prompts)
-        trajs = []
-        for s in range(0, len(prompts), c.sample_batch_size):
-            trajs.append(
-                sample(
-                    self.pipe,
-                    prompts[s : s + c.sample_batch_size],
-                    num_steps=c.num_steps,
-                    eta=c.eta,
-                    guidance_scale=c.guidance_scale,
-                    generator=generator,
-                    progress=False,
-                )
-            )
-        traj = Trajectory.cat(trajs) if len(trajs) > 1 else trajs[0]
+        traj = sample(self.pipe, list(prompts), num_steps=c.num_steps, eta=c.eta, guidance_scale=c.guidance_scale,
+                      generator=generator, progress=False, batch_size=c.sample_batch_size)
         return traj, self._rewards(traj.images, traj.prompts)
 
-    def compute_advantages(self, prompts: list[str], rewards: torch.Tensor, sample_grid: tuple[int, int] | None = None):
-        """Advantages for this process's samples: (B,) for DDPO, (B,h,w) on the sample grid for PXPO.
+    def compute_advantages(self, prompts: list[str], rewards: torch.Tensor, sample_grid: tuple[int, int]):
+        """Advantages for this process's samples, in the shape the loss takes (converted here, once):
+        (B,) for DDPO, (B,h,w) on the sample grid ``sample_grid`` = (h, w) for PXPO.
 
         Rewards and prompts of all processes are gathered first, so every process normalises
         with the same statistics (and the per-prompt buffers stay identical everywhere).
@@ -308,10 +298,10 @@ class Trainer:
         c = self.config
         acc = self.accelerator
         if c.method == "ddpo" and rewards.ndim == 3:
-            rewards = rewards.mean(dim=(1, 2))  # a scalar reward is the map's mean
+            rewards = rewards.mean(dim=(1, 2))  # (B,H,W) -> (B,): a scalar reward is the map's mean
         if c.method == "pxpo" and rewards.ndim == 1:
-            H, W = sample_grid if sample_grid is not None else (1, 1)
-            rewards = rewards[:, None, None].expand(len(rewards), H, W).contiguous()  # constant map ≡ DDPO
+            h, w = sample_grid
+            rewards = rewards[:, None, None].expand(len(rewards), h, w).contiguous()  # (B,) -> (B,h,w): constant map ≡ DDPO
         all_r, all_p = rewards, list(prompts)
         if acc.num_processes > 1:
             from accelerate.utils import gather_object
@@ -322,137 +312,55 @@ class Trainer:
         adv = clip_advantages(tracker.update(all_p, all_r.cpu()), c.adv_clip_max)
         start = acc.process_index * len(rewards)
         adv = adv[start : start + len(rewards)]
-        if c.method == "pxpo" and sample_grid is not None:
-            from .pixelwise import to_sample_grid
-
-            adv = to_sample_grid(adv, sample_grid)
+        if c.method == "pxpo":
+            adv = to_sample_grid(adv, sample_grid)  # (B,H,W) image resolution -> (B,h,w) sample grid (identity if equal)
         return adv
 
-    # -- one optimisation pass over a batch of trajectories -------------------------------------
-    def trainable_steps(self, traj) -> list[int]:
-        steps = list(range(traj.num_steps))
-        if self.config.skip_deterministic_steps:
-            from .sampling import _sync_scheduler
+    def trainable_steps(self, traj: Trajectory) -> list[int]:
+        """Indices of ``traj``'s steps with σ_t > 0 (the ones trained)."""
+        return trainable_steps(self.pipe, traj.num_steps, traj.eta)
 
-            skip = set(deterministic_steps(_sync_scheduler(self.pipe, traj), traj.timesteps.cpu(), traj.eta))
-            steps = [i for i in steps if i not in skip] or steps
-        return steps
-
-    def _log_prob(self, traj, step: int, idx: torch.Tensor) -> torch.Tensor:
-        from .sampling import step_log_prob
-
-        with self.accelerator.autocast():
-            return step_log_prob(self.pipe, traj, step, idx).float()
-
-    def _sync_gradients(self) -> None:
-        """Average the trainable parameters' gradients over processes (one flat all-reduce)."""
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = acc.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
-        off = 0
-        for p, g in zip(self.params, grads):
-            n = g.numel()
-            p.grad = flat[off : off + n].view_as(p).clone()
-            off += n
-
-    def update(self, traj, advantages: torch.Tensor, generator: torch.Generator | None = None) -> dict:
-        """Inner updates on one batch of trajectories with fixed advantages; returns averaged diagnostics."""
-        c = self.config
-        acc = self.accelerator
+    # -- step 4: optimise on one batch of trajectories ------------------------------------------
+    def optimise(self, traj: Trajectory, advantages: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        """``inner_epochs`` passes of optimiser steps on ``traj`` with fixed ``advantages`` ((B,) DDPO,
+        (B,h,w) PXPO); returns the diagnostics averaged over every (micro-batch, timestep) pair."""
+        c, acc = self.config, self.accelerator
         g = generator if generator is not None else _gen(c.seed, self.epoch, acc.process_index, "update")
-        B = len(traj)
-        if advantages.ndim == 0 or advantages.shape[0] != B:
-            raise ValueError(f"advantages have shape {tuple(advantages.shape)} but the trajectory has {B} samples")
-        if c.method == "pxpo":
-            h, w = traj.latents.shape[-2:]
-            if advantages.ndim == 1:  # one advantage per sample: a constant map (PXPO ≡ DDPO)
-                advantages = advantages[:, None, None].expand(B, h, w)
-            elif advantages.ndim == 3 and tuple(advantages.shape[1:]) != (h, w):
-                from .pixelwise import to_sample_grid
-
-                advantages = to_sample_grid(advantages, (h, w))  # image resolution -> sample grid
-        loss_fn = ddpo_loss if c.method == "ddpo" else pxpo_loss
-        steps = torch.tensor(self.trainable_steps(traj))
+        steps = self.trainable_steps(traj)
         n_t = max(1, round(len(steps) * c.timestep_fraction))
-        advantages = advantages.to(acc.device)
-        old_all = traj.log_probs
-        infos: list[dict] = []
-        norms: list[float] = []
+        infos, norms = [], []
         for _inner in range(c.inner_epochs):
-            perm = torch.randperm(B, generator=g)
-            batches = list(perm.split(c.train_batch_size))
-            for k in range(0, len(batches), c.grad_accum_steps):
-                group = batches[k : k + c.grad_accum_steps]
-                micro = [(idx, int(steps[j])) for idx in group for j in torch.randperm(len(steps), generator=g)[:n_t]]
-                try:
-                    for idx, i in micro:
-                        lp = self._log_prob(traj, i, idx)
-                        self._check_finite(lp, "log-prob", traj, idx, i)
-                        loss, info = loss_fn(lp, old_all[idx, i].to(lp.device), advantages[idx], c.clip_range)
-                        if not torch.isfinite(loss):
-                            self._check_finite(loss.expand(len(idx)), "loss", traj, idx, i)
-                        acc.backward(loss / len(micro))
-                        infos.append(info)
-                    self._sync_gradients()
-                    norm = self._clip_and_check()
-                except (TrainingError, NonFiniteError) as e:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if isinstance(e, TrainingError):
-                        raise
-                    raise TrainingError(f"{e}; the optimiser step was skipped (weights untouched)") from e
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+            micro_batches = torch.randperm(len(traj), generator=g).split(c.train_batch_size)
+            for k in range(0, len(micro_batches), c.grad_accum_steps):
+                # one optimiser step: grad_accum_steps micro-batches × n_t random stochastic timesteps each
+                pairs = [(idx, steps[j]) for idx in micro_batches[k : k + c.grad_accum_steps]
+                         for j in torch.randperm(len(steps), generator=g)[:n_t].tolist()]
+                where = f" on process {acc.process_index}" if acc.num_processes > 1 else ""
+                res = policy_gradient_step(self.pipe, traj, advantages.to(acc.device), pairs, self.optimizer, self.params,
+                                           method=c.method, clip_range=c.clip_range, max_grad_norm=c.max_grad_norm,
+                                           accelerator=acc, where=f"{where}, epoch {self.epoch}")
+                infos += res.infos
+                norms.append(res.grad_norm)
                 self.global_step += 1
-                norms.append(norm)
-        out = {k: float(sum(d[k] for d in infos) / len(infos)) for k in infos[0] if k not in ("ratio_min", "ratio_max")}
-        out["ratio_min"] = min(d["ratio_min"] for d in infos)
-        out["ratio_max"] = max(d["ratio_max"] for d in infos)
-        out["grad_norm"] = float(sum(norms) / len(norms))
-        out["optimizer_steps"] = len(norms)
-        out["train_timesteps"] = n_t
-        return out
-
-    def _check_finite(self, t: torch.Tensor, what: str, traj, idx: torch.Tensor, step: int) -> None:
-        bad = ~torch.isfinite(t.detach().reshape(len(idx), -1)).all(dim=1)
-        if bad.any():
-            rank = f" on process {self.accelerator.process_index}" if self.accelerator.num_processes > 1 else ""
-            who = ", ".join(f"sample {int(idx[b])} (prompt {traj.prompts[int(idx[b])]!r})" for b in bad.nonzero().flatten().tolist()[:5])
-            raise TrainingError(
-                f"{what} is NaN/inf for {who} at timestep index {step} (t = {int(traj.timesteps[step])}){rank}, "
-                f"epoch {self.epoch}; the optimiser step was skipped (weights untouched). Lower the learning rate, "
-                "check the reward scale, or use mixed_precision='no'."
-            )
-
-    def _clip_and_check(self) -> float:
-        c = self.config
-        if c.max_grad_norm is not None:
-            norm = self.accelerator.clip_grad_norm_(self.params, c.max_grad_norm)
-        else:
-            grads = [p.grad.detach().reshape(-1) for p in self.params if p.grad is not None]
-            norm = torch.cat(grads).norm() if grads else torch.tensor(0.0)
-        norm = float(norm)
-        if not math.isfinite(norm):
-            raise TrainingError(
-                f"the gradient norm is {norm} at epoch {self.epoch}; the optimiser step was skipped (weights untouched)"
-            )
-        return norm
+        return {**summarise(infos), "grad_norm": float(sum(norms) / len(norms)), "optimizer_steps": len(norms),
+                "train_timesteps": n_t}
 
     # -- the epoch loop --------------------------------------------------------------------------
     def train_epoch(self) -> dict:
-        """Sample → reward → advantages → inner updates → one metrics record (appended and returned)."""
-        c = self.config
-        acc = self.accelerator
-        g = _gen(c.seed, self.epoch, acc.process_index, "sample")
+        """One epoch, steps 1–5 of the module docstring; the metrics record is appended and returned."""
+        c, acc = self.config, self.accelerator
         t0 = time.perf_counter()
-        traj, rewards = self.sample_and_score(n=self.local_samples, generator=g)
+        # 1. sample trajectories with the current policy; 2. reward the final images: (B,) or (B,H,W)
+        traj, rewards = self.sample_and_score(n=self.local_samples, generator=_gen(c.seed, self.epoch, acc.process_index, "sample"))
         t1 = time.perf_counter()
+        # 3. advantages, normalised over all processes: (B,) DDPO | (B,h,w) PXPO on the sample grid
         adv = self.compute_advantages(traj.prompts, rewards, tuple(traj.latents.shape[-2:]))
-        scalar_r = rewards.mean(dim=(1, 2)) if rewards.ndim == 3 else rewards
-        all_r = acc.gather(scalar_r.to(acc.device).contiguous()).cpu() if acc.num_processes > 1 else scalar_r.cpu()
-        info = self.update(traj, adv, _gen(c.seed, self.epoch, acc.process_index, "update"))
+        # 4. optimise: inner epochs × micro-batches × random stochastic timesteps
+        info = self.optimise(traj, adv, _gen(c.seed, self.epoch, acc.process_index, "update"))
         t2 = time.perf_counter()
+        # 5. log (rewards of all processes)
+        image_r = rewards.mean(dim=(1, 2)) if rewards.ndim == 3 else rewards  # (B,)
+        all_r = acc.gather(image_r.to(acc.device).contiguous()).cpu() if acc.num_processes > 1 else image_r.cpu()
         self.epoch += 1
         record = {
             "epoch": self.epoch,
@@ -467,22 +375,31 @@ class Trainer:
             "train_s": t2 - t1,
         }
         self.metrics.append(record)
-        if self.config.log_with:
+        if c.log_with:
             acc.log(record, step=self.epoch)
         return record
 
-    def train(self, epochs: int, checkpoint_dir=None, checkpoint_every: int = 0) -> list[dict]:
-        """Run ``epochs`` more epochs (optionally checkpointing every ``checkpoint_every``); returns ``self.metrics``."""
+    def train(self, epochs: int, callback: Callable | None = None, checkpoint_dir=None, checkpoint_every: int = 0) -> list[dict]:
+        """Run ``epochs`` more epochs; returns ``self.metrics``.
+
+        ``callback(record, trainer)``, if given, runs after every epoch (after any checkpoint), e.g.
+        to evaluate the model being trained. ``checkpoint_dir`` + ``checkpoint_every``: save a
+        checkpoint every that many epochs.
+        """
         from tqdm.auto import tqdm
 
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be a function (record, trainer) -> None or None, got {type(callback).__name__}")
         bar = tqdm(range(epochs), desc=f"{self.config.method} epochs", disable=not (self.config.progress and self.accelerator.is_main_process))
         for _ in bar:
             rec = self.train_epoch()
             bar.set_postfix(reward=f"{rec['reward_mean']:.4f}", kl=f"{rec['approx_kl']:.2g}")
             if checkpoint_dir is not None and checkpoint_every and self.epoch % checkpoint_every == 0:
                 self.save_checkpoint(checkpoint_dir)
+            if callback is not None:
+                callback(rec, self)
         return self.metrics
 
     # -- weights and checkpoints -----------------------------------------------------------------
@@ -573,35 +490,3 @@ class Trainer:
             save_lora(self.accelerator.unwrap_model(self.pipe.unet), path)
         self.accelerator.wait_for_everyone()
         return path
-
-
-# --------------------------------------------------------------------------------------------
-# Plotting
-# --------------------------------------------------------------------------------------------
-def plot_reward_curve(runs, ax=None, x: str = "n_samples", label: str | None = None, color=None):
-    """Reward vs samples. ``runs``: one run's metrics (list of dicts) — band = ±1 std of the
-    rewards *within* each epoch — or several runs (list of lists) — band = ±1 std *across* runs
-    (``plotting.curve_with_band``). Returns the axes."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from .plotting import curve_with_band
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.2))
-    if runs and isinstance(runs[0], dict):
-        xs = [r[x] for r in runs]
-        mean = np.array([r["reward_mean"] for r in runs])
-        std = np.array([r["reward_std"] for r in runs])
-        (line,) = ax.plot(xs, mean, label=label, color=color)
-        ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=line.get_color())
-        band = "±1 std within the batch"
-    else:
-        xs = [r[x] for r in runs[0]]
-        curve_with_band(ax, xs, [[r["reward_mean"] for r in run] for run in runs], label=label, color=color)
-        band = f"±1 std over {len(runs)} runs"
-    ax.set_xlabel("samples" if x == "n_samples" else x)
-    ax.set_ylabel(f"mean reward ({band})")
-    if label:
-        ax.legend()
-    return ax

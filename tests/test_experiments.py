@@ -147,9 +147,9 @@ def test_generate_is_seeded(pipe):
     assert a.shape == (2, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_evaluate_and_table(pipe, colour, monkeypatch):
+def test_measure_heldout_and_table(pipe, colour, monkeypatch):
     monkeypatch.setitem(E.DEFAULTS, "num_steps", 2)
-    res = E.evaluate(pipe, colour, per_prompt=2)
+    res = E.measure_heldout(pipe, colour, per_prompt=2)
     assert res["n"] == 8 and res["images"].shape == (8, 3, 32, 32) and len(res["rewards"]) == 8
     assert math.isclose(res["mean"], float(np.mean(res["rewards"])), rel_tol=1e-5)
     assert set(res["fidelity"]) >= {"hair_presence", "background", "shirt", "all"}
@@ -260,3 +260,21 @@ def test_fidelity_tracker_callback(pipe, colour, monkeypatch):
     tr.plot()
     md = E.paper_table(colour, before, {"end": tr.points[-1], "kept": tr.points[1]})
     assert md.count("\n") == 4  # header, rule, paper, two rows
+
+
+def test_run_uses_the_trainers_callback_and_validates_it(pipe, colour):
+    seen = []
+    r = E.run(pipe, colour, "ddpo", 16, seed=0, progress=False, callback=lambda rec, p: seen.append((rec["epoch"], p is not pipe)), **FAST)
+    assert seen == [(1, True), (2, True)] and len(r.records) == 2
+    with pytest.raises(TypeError, match="callback"):
+        E.run(pipe, colour, "ddpo", 16, seed=0, progress=False, callback=3, **FAST)
+
+
+def test_experiments_modules_are_small():
+    """The package is split by idea (tasks, runs, evaluation, sweeps, figures); none is over ~400 lines."""
+    import pathlib
+
+    folder = pathlib.Path(E.__file__).parent
+    sizes = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
+    assert set(sizes) >= {"tasks.py", "runs.py", "evaluation.py", "sweeps.py", "figures.py"}
+    assert max(sizes.values()) <= 400, sizes

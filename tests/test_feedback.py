@@ -14,22 +14,15 @@ import torch
 
 from pxpo_lite import build_tiny_pipeline, world
 from pxpo_lite.canvas import HeatmapCanvas
-from pxpo_lite.feedback import (
-    FeedbackSession,
-    RefineConfig,
-    SessionError,
-    blob,
-    change_stats,
-    heatmap_to_advantages,
-    next_heatmap,
-    parse_rule,
-    step_sigmas,
-    synthetic_heatmap,
-)
 from pxpo_lite import lora
+from pxpo_lite import update as update_mod
+from pxpo_lite.ddim import step_sigmas
+from pxpo_lite.feedback import FeedbackSession, RefineConfig, SessionError, change_stats, heatmap_to_advantages
+from pxpo_lite.synthetic_feedback import blob, next_heatmap, parse_rule, synthetic_heatmap
+from pxpo_lite.update import TrainingError
 
 PROMPT = world.all_prompts()[0]
-CFG = dict(num_steps=4, updates_per_round=1, lr=1e-2, lora_rank=2)
+CFG = dict(num_steps=4, updates_per_round=1, learning_rate=1e-2, lora_rank=2)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -166,6 +159,48 @@ def test_bad_arguments(pipe):
         FeedbackSession(pipe, "a cat on a sofa", config=RefineConfig(**CFG))
     with pytest.raises(ValueError, match="updates_per_round"):
         RefineConfig(updates_per_round=0)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("learning_rate", float("inf"), "RefineConfig.learning_rate must be a finite number > 0, got inf"),
+    ("learning_rate", 0, "RefineConfig.learning_rate"),
+    ("max_grad_norm", 0, "RefineConfig.max_grad_norm must be None or a finite number > 0, got 0"),
+    ("max_grad_norm", float("nan"), "RefineConfig.max_grad_norm"),
+    ("clip_range", True, "RefineConfig.clip_range must be None or a finite number > 0, got True"),
+    ("advantage_scale", float("inf"), "RefineConfig.advantage_scale"),
+    ("eta", 0.0, "RefineConfig.eta"),
+    ("eta", 1.2, "RefineConfig.eta"),
+    ("guidance_scale", float("inf"), "RefineConfig.guidance_scale"),
+    ("num_steps", True, "RefineConfig.num_steps"),
+])
+def test_refine_config_checks_every_number(field, value, words):
+    with pytest.raises(ValueError, match=words):
+        RefineConfig(**{field: value})
+
+
+def test_refine_config_reads_sessions_saved_before_the_rename():
+    c = RefineConfig.from_dict({"num_steps": 4, "lr": 0.5, "min_sigma": 1e-3})
+    assert c.learning_rate == 0.5 and c.num_steps == 4
+
+
+def test_one_step_schedule_is_refused_up_front(pipe, tmp_path):
+    """num_steps=1: the tiny model's only step is deterministic; nothing could be refined."""
+    with pytest.raises(ValueError, match="num_steps=1 at eta=1.0 gives no stochastic DDIM step"):
+        FeedbackSession(pipe, PROMPT, seed=3, folder=tmp_path / "s", config=RefineConfig(**{**CFG, "num_steps": 1}))
+    assert not (tmp_path / "s").exists()
+
+
+def test_nan_during_refinement_stops_before_the_step(pipe, tmp_path, monkeypatch):
+    """The feedback loop has the trainer's NaN guard (one update path): no NaN image is saved."""
+    s = FeedbackSession(pipe, PROMPT, seed=3, folder=tmp_path / "s", config=RefineConfig(**CFG))
+    adapters = s.adapter_state()
+    orig = update_mod.step_log_prob
+    monkeypatch.setattr(update_mod, "step_log_prob", lambda *a: orig(*a) * float("nan"))
+    with pytest.raises(TrainingError, match=r"log-prob is NaN/inf for sample 0 .*refinement step 1.*weights untouched"):
+        s.step(_maps()[0])
+    assert s.rounds == [] and not (tmp_path / "s" / "round_001").exists()
+    for k, v in s.adapter_state().items():
+        assert torch.equal(v, adapters[k])
 
 
 # -- save -> reload -> continue ---------------------------------------------------------------

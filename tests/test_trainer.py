@@ -10,7 +10,10 @@ from pxpo_lite import lora, rewards
 from pxpo_lite.checkpoint import CheckpointError
 from pxpo_lite.models import build_tiny_pipeline
 from pxpo_lite.sampling import sample
-from pxpo_lite.trainer import TrainConfig, Trainer, TrainingError, check_config, plot_reward_curve
+from pxpo_lite import trainer as trainer_mod
+from pxpo_lite import update as update_mod
+from pxpo_lite.plotting import plot_reward_curve
+from pxpo_lite.trainer import TrainConfig, Trainer, TrainingError, check_config
 
 PROMPTS = [
     "a bald portrait with a red shirt on a blue background",
@@ -65,7 +68,7 @@ def test_epochs_run_and_log_plain_records(method, clip):
 def _captured_grads(tr, traj, adv):
     grads = []
     tr.optimizer.step = lambda *a, **k: grads.append([p.grad.detach().clone() for p in tr.params])
-    tr.update(traj, adv, torch.Generator().manual_seed(0))
+    tr.optimise(traj, adv, torch.Generator().manual_seed(0))
     return grads
 
 
@@ -88,7 +91,7 @@ def test_gradient_accumulation_matches_one_big_batch():
     a = make(train_batch_size=4, grad_accum_steps=1)
     b = make(train_batch_size=2, grad_accum_steps=2)
     traj, r = a.sample_and_score(n=4, generator=torch.Generator().manual_seed(1))
-    adv = a.compute_advantages(traj.prompts, r)
+    adv = a.compute_advantages(traj.prompts, r, tuple(traj.latents.shape[-2:]))
     ga, gb = _captured_grads(a, traj, adv), _captured_grads(b, traj, adv)
     assert len(ga) == len(gb) == 1  # one optimiser step each
     for x, y in zip(ga[0], gb[0]):
@@ -96,6 +99,7 @@ def test_gradient_accumulation_matches_one_big_batch():
 
 
 def test_deterministic_last_step_skipped_and_timestep_fraction():
+    """Only steps with σ_t > 0 are trained (ddim.trainable_step_indices, the one threshold)."""
     tr = make(num_steps=4)
     traj, _ = tr.sample_and_score(n=2)
     assert tr.trainable_steps(traj) == [0, 1, 2]  # trailing schedule: the last step has σ = 0
@@ -161,13 +165,13 @@ def test_nan_reward_stops_before_update():
 def test_nan_log_prob_names_sample_and_timestep(monkeypatch):
     tr = make(train_batch_size=4)
     w0 = weights(tr)
-    orig = tr._log_prob
+    orig = update_mod.step_log_prob
 
-    def poisoned(traj, step, idx):
-        lp = orig(traj, step, idx)
+    def poisoned(pipe, traj, step, idx):
+        lp = orig(pipe, traj, step, idx)
         return lp + torch.where(idx == 2, float("nan"), 0.0).view(-1, 1, 1, 1)
 
-    monkeypatch.setattr(tr, "_log_prob", poisoned)
+    monkeypatch.setattr(update_mod, "step_log_prob", poisoned)
     with pytest.raises(TrainingError, match=r"log-prob is NaN/inf for sample 2 .*timestep index \d \(t = \d+\)"):
         tr.train_epoch()
     assert same(w0, weights(tr))
@@ -187,6 +191,62 @@ def test_bad_configs_name_the_numbers():
         check_config(small(eta=0.0))
     with pytest.raises(ValueError, match="timestep_fraction"):
         check_config(small(timestep_fraction=0))
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("clip_range", True, "clip_range must be None or a finite number > 0, got True"),
+    ("clip_range", float("inf"), "clip_range"),
+    ("learning_rate", float("inf"), "learning_rate must be None or a finite number > 0, got inf"),
+    ("learning_rate", 0.0, "learning_rate"),
+    ("max_grad_norm", 0, "max_grad_norm must be None or a finite number > 0, got 0"),
+    ("max_grad_norm", float("nan"), "max_grad_norm"),
+    ("adv_clip_max", -1.0, "adv_clip_max"),
+    ("timestep_fraction", True, "timestep_fraction"),
+    ("eta", 1.5, "eta must be a number in \\(0, 1\\]"),
+    ("guidance_scale", float("inf"), "guidance_scale"),
+    ("adam_betas", (0.9, 1.0), "adam_betas\\[1\\]"),
+    ("adam_eps", 0.0, "adam_eps"),
+    ("stat_buffer_size", 0, "stat_buffer_size"),
+    ("lora_rank", 2.0, "lora_rank"),
+    ("seed", -1, "seed"),
+])
+def test_every_numeric_field_is_checked(field, value, words):
+    with pytest.raises(ValueError, match=words):
+        check_config(small(**{field: value}))
+
+
+def test_config_is_checked_before_the_accelerator_is_built(monkeypatch):
+    built = []
+    monkeypatch.setattr(trainer_mod, "Accelerator", lambda *a, **k: built.append(1))
+    with pytest.raises(ValueError, match="learning_rate"):
+        Trainer(tiny_pipe(), "blue", small(learning_rate=float("inf")), prompts=PROMPTS)
+    with pytest.raises(TypeError, match="TrainConfig"):
+        Trainer(tiny_pipe(), "blue", {"method": "ddpo"}, prompts=PROMPTS)
+    assert built == []
+
+
+def test_one_step_schedule_with_nothing_to_train_is_an_error():
+    """num_steps=1 on the tiny model's trailing schedule: its only step is deterministic (σ = 0)."""
+    with pytest.raises(ValueError, match=r"num_steps=1 at eta=1.0 gives no stochastic DDIM step.*num_steps >= 2"):
+        make(num_steps=1)
+    assert make(num_steps=2).train_epoch()["train_timesteps"] == 1
+
+
+def test_train_calls_the_callback_after_every_epoch():
+    tr = make()
+    seen = []
+    tr.train(2, callback=lambda record, trainer: seen.append((record["epoch"], trainer is tr)))
+    assert seen == [(1, True), (2, True)]
+    with pytest.raises(TypeError, match="callback"):
+        tr.train(1, callback="not a function")
+
+
+def test_advantages_reach_the_loss_in_its_shape_only():
+    """Advantages are converted once (compute_advantages); optimise refuses any other shape."""
+    tr = make(method="pxpo")
+    traj, r = tr.sample_and_score(n=4, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match=r"advantages for method='pxpo' must have shape \(4, 32, 32\).*got \(4,\)"):
+        tr.optimise(traj, torch.zeros(4))
 
 
 def test_wrong_reward_shape_is_named():

@@ -1,0 +1,61 @@
+"""The paper's experiments on the tiny model, and DDPO vs PXPO measured side by side.
+
+Shared by notebooks 04 (colour feedback), 05 (segmentation feedback), 07 (DDPO vs PXPO) and
+``benchmarks/bench_ddpo_vs_pxpo.py`` (``import pxpo_lite.experiments as E``). Five modules,
+one idea each:
+
+1. :mod:`~pxpo_lite.experiments.tasks` — :func:`get_task`: a per-pixel reward map, a fixed
+   set of training prompts and the paper's published numbers (``"colour"``: "less blue";
+   ``"hair"``: "remove hair").
+2. :mod:`~pxpo_lite.experiments.runs` — :func:`run`: one method (:data:`METHODS`: ``"ddpo"``,
+   ``"pxpo"``, ``"pxpo_clip"``) on one task for a sample budget with a seed, from a fresh copy
+   of the same pretrained model, with prompts drawn in groups of :data:`GROUP_SIZE` (each
+   prompt's group is its baseline); the shared hyper-parameters (:data:`DEFAULTS`,
+   :data:`TASK_LR`, :data:`PXPO_CLIP_RANGE`) and how they were chosen.
+3. :mod:`~pxpo_lite.experiments.evaluation` — :func:`measure_heldout`: mean ± std reward on
+   fixed held-out noise seeds (:data:`HELDOUT_NOISE_SEED`) plus prompt fidelity;
+   :class:`FidelityTracker` (a :func:`run` callback); :func:`effect_size` — (after − before) /
+   std before, the paper's "effect in std"; :func:`paper_table`.
+4. :mod:`~pxpo_lite.experiments.sweeps` — :func:`compare`: every method × task × seed;
+   :func:`samples_to_reach` — how many samples a method needs before its (smoothed,
+   seed-averaged) reward curve reaches a target, e.g. DDPO's final reward.
+5. :mod:`~pxpo_lite.experiments.figures` — reward curves per method, images before / after.
+
+Introduced in ``notebooks/04_pxpo_colour_feedback.ipynb``; used in 05 and 07.
+"""
+from .evaluation import (
+    HELDOUT_NOISE_SEED,
+    FidelityTracker,
+    effect_size,
+    eval_prompts,
+    fidelity_other,
+    generate,
+    measure_heldout,
+    paper_effect,
+    paper_table,
+    table_row,
+)
+from .figures import pick_examples, plot_before_after, plot_comparison
+from .runs import (
+    DEFAULTS,
+    GROUP_SIZE,
+    METHOD_LABELS,
+    METHODS,
+    PXPO_CLIP_RANGE,
+    TASK_LR,
+    RunResult,
+    check_budget,
+    grouped_prompts,
+    make_config,
+    run,
+)
+from .sweeps import compare, final_reward, mean_curve, result_to_json, samples_to_reach, smooth, summarize
+from .tasks import PAPER, Task, get_task, has_blue, task_prompts
+
+__all__ = [
+    "DEFAULTS", "GROUP_SIZE", "HELDOUT_NOISE_SEED", "METHODS", "METHOD_LABELS", "PAPER", "PXPO_CLIP_RANGE", "TASK_LR",
+    "FidelityTracker", "RunResult", "Task", "check_budget", "compare", "effect_size", "eval_prompts", "fidelity_other",
+    "final_reward", "generate", "get_task", "grouped_prompts", "has_blue", "make_config", "mean_curve",
+    "measure_heldout", "paper_effect", "paper_table", "pick_examples", "plot_before_after", "plot_comparison",
+    "result_to_json", "run", "samples_to_reach", "smooth", "summarize", "table_row", "task_prompts",
+]

@@ -1,0 +1,230 @@
+"""One policy-gradient optimiser step on stored trajectories: the only code that changes weights by RL.
+
+Both :class:`pxpo_lite.trainer.Trainer` (DDPO/PXPO on batches of images, ``notebooks/02_ddpo.ipynb``)
+and :class:`pxpo_lite.feedback.FeedbackSession` (PXPO on one image, ``notebooks/06_human_feedback_canvas.ipynb``)
+call :func:`policy_gradient_step`. One call is one optimiser step (docs/paper.md, "policy gradient"):
+
+1. for every (samples, timestep index) pair: **re-score** the stored transition x_t → x_{t−1}
+   under the current weights, with gradients (:func:`pxpo_lite.sampling.step_log_prob`);
+2. the **per-step loss** (:func:`step_loss`): ``ddpo_loss`` (one advantage per sample, (b,)) or
+   ``pxpo_loss`` (one advantage per element of the sample grid, (b,h,w)), plus an optional
+   extra term (``extra_loss``: the extension point for a regulariser such as a per-pixel KL
+   "keep" term);
+3. **backward** of loss / (number of pairs): the gradients of all pairs — micro-batches ×
+   timesteps — accumulate into their mean (gradient accumulation);
+4. **average** the gradients over processes (``average_gradients``; default: one flat
+   all-reduce when there are several), **clip** the gradient norm;
+5. **optimiser step**.
+
+**NaN guard**: a NaN/inf log-prob, loss or gradient norm raises :class:`TrainingError` naming
+the sample, its prompt and the timestep; the gradients are cleared and the optimiser step is
+skipped, so the weights are untouched.
+
+Which timesteps can be trained: those with σ_t > 0 (:func:`trainable_steps`, from
+:func:`pxpo_lite.ddim.trainable_step_indices`, the package's one threshold).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .ddim import trainable_step_indices
+from .losses import NonFiniteError, ddpo_loss, pxpo_loss
+from .sampling import step_log_prob
+
+LOSSES = {"ddpo": ddpo_loss, "pxpo": pxpo_loss}
+"""Method name -> per-timestep loss ``(log_prob, old_log_prob, advantages, clip_range) -> (loss, info)``."""
+
+
+class TrainingError(ValueError):
+    """A training step was stopped (NaN/inf) before it could change the weights."""
+
+
+@dataclass
+class StepResult:
+    """What one optimiser step returns: the per-pair loss diagnostics and the gradient norm (before clipping)."""
+
+    infos: list
+    grad_norm: float
+
+
+# --------------------------------------------------------------------------------------------
+# Which steps carry a policy
+# --------------------------------------------------------------------------------------------
+def schedule(pipe, num_steps: int):
+    """A copy of ``pipe.scheduler`` set to ``num_steps`` DDIM steps (the pipeline's own is left as it is)."""
+    from diffusers import DDIMScheduler  # heavy import, only needed for the type check
+
+    if not isinstance(pipe.scheduler, DDIMScheduler):
+        raise TypeError(
+            f"pipe.scheduler must be a DDIMScheduler, got {type(pipe.scheduler).__name__}; "
+            "set `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` first."
+        )
+    s = copy.copy(pipe.scheduler)
+    s.set_timesteps(num_steps)
+    return s
+
+
+def trainable_steps(pipe, num_steps: int, eta: float) -> list[int]:
+    """Indices of the DDIM steps with σ_t > 0 (a Gaussian action) for ``num_steps`` steps at ``eta``.
+
+    Raises ValueError when there is none (e.g. ``num_steps=1`` on a "trailing" schedule whose
+    only step is deterministic): a policy gradient would then train nothing.
+    """
+    s = schedule(pipe, num_steps)
+    steps = trainable_step_indices(s, s.timesteps, eta)
+    if not steps:
+        raise ValueError(
+            f"num_steps={num_steps} at eta={eta} gives no stochastic DDIM step (σ_t = 0 at every step of the schedule "
+            f"{[int(t) for t in s.timesteps]}): there is no policy to train. Use num_steps >= 2."
+        )
+    return steps
+
+
+# --------------------------------------------------------------------------------------------
+# The loss of one (samples, timestep) pair
+# --------------------------------------------------------------------------------------------
+def step_loss(method: str, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+              clip_range: float | None) -> tuple[torch.Tensor, dict]:
+    """The policy-gradient loss of one timestep for one micro-batch (all loss terms are assembled here).
+
+    log_prob, old_log_prob: (b,C,h,w); advantages: (b,) for "ddpo", (b,h,w) for "pxpo".
+    """
+    if method not in LOSSES:
+        raise ValueError(f"method must be one of {sorted(LOSSES)}, got {method!r}")
+    return LOSSES[method](log_prob, old_log_prob, advantages, clip_range)
+
+
+def check_advantages(method: str, advantages: torch.Tensor, traj) -> None:
+    """(B,) for DDPO, (B,h,w) on the trajectory's sample grid for PXPO; otherwise a ValueError naming the shapes."""
+    B, h, w = len(traj), *traj.latents.shape[-2:]
+    want = (B,) if method == "ddpo" else (B, h, w)
+    if not isinstance(advantages, torch.Tensor) or tuple(advantages.shape) != want:
+        got = tuple(advantages.shape) if isinstance(advantages, torch.Tensor) else type(advantages).__name__
+        raise ValueError(
+            f"advantages for method={method!r} must have shape {want} (one per sample" +
+            (")" if method == "ddpo" else " and element of the sample grid; map image-resolution maps with "
+             "pixelwise.to_sample_grid)") + f", got {got}"
+        )
+
+
+def average_gradients(params: Sequence[torch.nn.Parameter], accelerator) -> None:
+    """Average ``params``' gradients over processes with one flat all-reduce (no-op for one process)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    off = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[off : off + n].view_as(p).clone()
+        off += n
+
+
+def _not_finite(what: str, t: torch.Tensor, traj, idx: torch.Tensor, step: int, where: str) -> None:
+    bad = ~torch.isfinite(t.detach().reshape(len(idx), -1)).all(dim=1)
+    if bad.any():
+        who = ", ".join(f"sample {int(idx[b])} (prompt {traj.prompts[int(idx[b])]!r})" for b in bad.nonzero().flatten().tolist()[:5])
+        raise TrainingError(
+            f"{what} is NaN/inf for {who} at timestep index {step} (t = {int(traj.timesteps[step])}){where}; "
+            "the optimiser step was skipped (weights untouched). Lower the learning rate, check the reward scale, "
+            "or use mixed_precision='no'."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# One optimiser step
+# --------------------------------------------------------------------------------------------
+def policy_gradient_step(
+    pipe,
+    traj,
+    advantages: torch.Tensor,
+    pairs: Sequence[tuple[torch.Tensor, int]],
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.nn.Parameter],
+    *,
+    method: str,
+    clip_range: float | None = None,
+    max_grad_norm: float | None = None,
+    accelerator=None,
+    average: Callable | None = None,
+    extra_loss: Callable | None = None,
+    where: str = "",
+) -> StepResult:
+    """One optimiser step from the (sample indices, timestep index) ``pairs`` of ``traj`` (module docstring).
+
+    Args:
+        advantages: (B,) for ``method="ddpo"``, (B,h,w) on the sample grid for ``"pxpo"`` (fixed).
+        pairs: ``[(idx, i), ...]``: the micro-batch ``idx`` (a LongTensor of sample indices) at
+            timestep index ``i``; their gradients are averaged into this one step.
+        optimizer, params: the optimiser and the parameters it trains.
+        clip_range: None (score-function loss) or ε (PPO-clipped ratio).
+        max_grad_norm: clip the gradient norm to this (None: measure it, do not clip).
+        accelerator: an ``accelerate.Accelerator`` (autocast, loss scaling, clipping) or None.
+        average: ``average(params)`` after the backward passes; default :func:`average_gradients`
+            over the accelerator's processes.
+        extra_loss: the extension point for a further loss term per pair:
+            ``extra_loss(pipe, traj, idx, i, log_prob) -> (term, info)``; ``term`` is added to the
+            policy loss of that pair, ``info`` to its diagnostics.
+        where: appended to error messages (e.g. ``", epoch 3"``).
+    """
+    check_advantages(method, advantages, traj)
+    if not pairs:
+        raise ValueError("pairs is empty: an optimiser step needs at least one (sample indices, timestep index) pair")
+    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
+    clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
+    params = list(params)
+    infos = []
+    optimizer.zero_grad(set_to_none=True)
+    try:
+        for idx, i in pairs:
+            # 1. re-score x_t -> x_{t-1} with gradients: (b,C,h,w)
+            with autocast():
+                lp = step_log_prob(pipe, traj, i, idx).float()
+            _not_finite("log-prob", lp, traj, idx, i, where)
+            # 2. the loss of this pair (+ the optional extra term)
+            old = traj.log_probs[idx, i].to(lp.device)
+            loss, info = step_loss(method, lp, old, advantages[idx.to(advantages.device)].to(lp.device), clip_range)
+            if extra_loss is not None:
+                term, extra_info = extra_loss(pipe, traj, idx, i, lp)
+                loss = loss + term
+                info = {**info, **extra_info, "loss": float(loss.detach())}
+            if not torch.isfinite(loss):
+                _not_finite("loss", loss.detach().expand(len(idx)), traj, idx, i, where)
+            # 3. accumulate the mean gradient over the pairs
+            backward(loss / len(pairs))
+            infos.append(info)
+        # 4. average over processes, clip
+        (average or (lambda ps: average_gradients(ps, accelerator)))(params)
+        if max_grad_norm is not None:
+            norm = float(clip(params, max_grad_norm))
+        else:
+            grads = [p.grad.detach().reshape(-1) for p in params if p.grad is not None]
+            norm = float(torch.cat(grads).norm()) if grads else 0.0
+        if not math.isfinite(norm):
+            raise TrainingError(f"the gradient norm is {norm}{where}; the optimiser step was skipped (weights untouched)")
+    except (TrainingError, NonFiniteError) as e:
+        optimizer.zero_grad(set_to_none=True)
+        if isinstance(e, TrainingError):
+            raise
+        raise TrainingError(f"{e}{where}; the optimiser step was skipped (weights untouched)") from e
+    # 5. step
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(infos, norm)
+
+
+def summarise(infos: Sequence[dict]) -> dict:
+    """Mean of each loss diagnostic over pairs; ``ratio_min``/``ratio_max`` are the min/max."""
+    if not infos:
+        raise ValueError("infos is empty: nothing to summarise")
+    out = {k: float(sum(d[k] for d in infos) / len(infos)) for k in infos[0] if k not in ("ratio_min", "ratio_max")}
+    out["ratio_min"] = min(d["ratio_min"] for d in infos)
+    out["ratio_max"] = max(d["ratio_max"] for d in infos)
+    return out

@@ -1,0 +1,138 @@
+"""pxpo_lite.update: the one policy-gradient step (re-score, loss, NaN guard, accumulation, clip, step)."""
+import copy
+import functools
+
+import pytest
+import torch
+
+from pxpo_lite import update
+from pxpo_lite.losses import ddpo_loss, pxpo_loss
+from pxpo_lite.models import build_tiny_pipeline
+from pxpo_lite.sampling import sample, step_log_prob
+from pxpo_lite.update import TrainingError, policy_gradient_step, summarise, trainable_steps
+
+PROMPTS = [
+    "a bald portrait with a red shirt on a blue background",
+    "a portrait with long blue hair and a white shirt on a grey background",
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _base():
+    return build_tiny_pipeline(0)
+
+
+def setup(n=2, num_steps=3):
+    pipe = copy.deepcopy(_base())
+    pipe.unet.eval()
+    traj = sample(pipe, (PROMPTS * n)[:n], num_steps=num_steps, generator=torch.Generator().manual_seed(0), progress=False)
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    return pipe, traj, params
+
+
+def grads_of(params):
+    return [None if p.grad is None else p.grad.detach().clone() for p in params]
+
+
+class Recorder(torch.optim.SGD):
+    """SGD that keeps the gradients it stepped with."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+        self.seen = []
+
+    def step(self, closure=None):
+        self.seen.append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]])
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("method", ["ddpo", "pxpo"])
+def test_gradient_is_the_mean_of_the_pairs_losses(method):
+    pipe, traj, params = setup()
+    adv = torch.tensor([1.0, -0.5]) if method == "ddpo" else torch.randn(2, 32, 32, generator=torch.Generator().manual_seed(1))
+    idx = torch.arange(2)
+    pairs = [(idx[:1], 0), (idx[1:], 1), (idx, 1)]
+    opt = Recorder(params)
+    res = policy_gradient_step(pipe, traj, adv, pairs, opt, params, method=method)
+    assert len(res.infos) == 3 and res.grad_norm > 0 and all(p.grad is None for p in params)
+    # by hand: mean of the three losses, one backward
+    loss_fn = ddpo_loss if method == "ddpo" else pxpo_loss
+    total = sum(loss_fn(step_log_prob(pipe, traj, i, j), traj.log_probs[j, i], adv[j])[0] for j, i in pairs) / 3
+    total.backward()
+    for got, p in zip(opt.seen[0], params):
+        torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_clipping_and_the_reported_norm():
+    pipe, traj, params = setup()
+    opt = Recorder(params)
+    res = policy_gradient_step(pipe, traj, torch.tensor([1.0, -1.0]), [(torch.arange(2), 0)], opt, params,
+                               method="ddpo", max_grad_norm=1e-6)
+    clipped = torch.cat([g.reshape(-1) for g in opt.seen[0]]).norm()
+    assert res.grad_norm > 1e-6 and float(clipped) == pytest.approx(1e-6, rel=1e-3)
+
+
+def test_nan_log_prob_stops_before_the_step(monkeypatch):
+    pipe, traj, params = setup()
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=1.0)
+    orig = update.step_log_prob
+    monkeypatch.setattr(update, "step_log_prob", lambda *a: orig(*a) * float("nan"))
+    with pytest.raises(TrainingError, match=r"log-prob is NaN/inf for sample 1 \(prompt 'a portrait.*timestep index 0 \(t = \d+\), round 7.*weights untouched"):
+        policy_gradient_step(pipe, traj, torch.zeros(2), [(torch.tensor([1]), 0)], opt, params, method="ddpo", where=", round 7")
+    assert all(torch.equal(a, p) for a, p in zip(before, params)) and all(p.grad is None for p in params)
+
+
+def test_nan_advantage_and_inf_gradient_are_stopped():
+    pipe, traj, params = setup()
+    opt = torch.optim.AdamW(params, lr=1.0)
+    with pytest.raises(TrainingError, match="advantages has NaN/inf.*weights untouched"):
+        policy_gradient_step(pipe, traj, torch.tensor([float("nan"), 0.0]), [(torch.arange(2), 0)], opt, params, method="ddpo")
+    huge = torch.tensor([1e38, -1e38])
+    with pytest.raises(TrainingError, match="(gradient norm|loss) is"):
+        policy_gradient_step(pipe, traj, huge, [(torch.arange(2), 0)], opt, params, method="ddpo")
+    assert all(p.grad is None for p in params)
+
+
+def test_extra_loss_term_is_added_to_each_pair():
+    pipe, traj, params = setup()
+    adv = torch.tensor([1.0, -1.0])
+    pairs = [(torch.arange(2), 0)]
+    plain = policy_gradient_step(pipe, traj, adv, pairs, Recorder(params), params, method="ddpo")
+    calls = []
+
+    def extra(pipe_, traj_, idx, i, log_prob):
+        calls.append((idx.tolist(), i, tuple(log_prob.shape)))
+        return 0.0 * log_prob.sum() + 2.0, {"extra": 2.0}
+
+    with_extra = policy_gradient_step(pipe, traj, adv, pairs, Recorder(params), params, method="ddpo", extra_loss=extra)
+    assert calls == [([0, 1], 0, (2, 3, 32, 32))]
+    assert with_extra.infos[0]["loss"] == pytest.approx(plain.infos[0]["loss"] + 2.0) and with_extra.infos[0]["extra"] == 2.0
+
+
+def test_bad_arguments_are_named():
+    pipe, traj, params = setup()
+    opt = torch.optim.SGD(params, lr=0.0)
+    with pytest.raises(ValueError, match=r"method='pxpo' must have shape \(2, 32, 32\).*got \(2,\)"):
+        policy_gradient_step(pipe, traj, torch.zeros(2), [(torch.arange(2), 0)], opt, params, method="pxpo")
+    with pytest.raises(ValueError, match="pairs is empty"):
+        policy_gradient_step(pipe, traj, torch.zeros(2), [], opt, params, method="ddpo")
+    with pytest.raises(ValueError, match="method must be one of"):
+        update.step_loss("ppo", torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2), torch.zeros(1), None)
+    with pytest.raises(ValueError, match="nothing to summarise"):
+        summarise([])
+
+
+def test_trainable_steps_one_threshold():
+    pipe = copy.deepcopy(_base())
+    pipe.scheduler.set_timesteps(7)
+    assert trainable_steps(pipe, 4, 1.0) == [0, 1, 2]  # trailing schedule: σ = 0 only at the last step
+    assert trainable_steps(pipe, 4, 0.01) == [0, 1, 2]  # a small σ is still a policy
+    with pytest.raises(ValueError, match="num_steps=1 at eta=1.0 gives no stochastic DDIM step"):
+        trainable_steps(pipe, 1, 1.0)
+    assert pipe.scheduler.num_inference_steps == 7  # the pipeline's own scheduler is left as it was
+
+
+def test_summarise_means_and_extremes():
+    s = summarise([{"loss": 1.0, "ratio_min": 0.9, "ratio_max": 1.1}, {"loss": 3.0, "ratio_min": 0.8, "ratio_max": 1.0}])
+    assert s == {"loss": 2.0, "ratio_min": 0.8, "ratio_max": 1.1}
