@@ -93,6 +93,9 @@ def add_lora(
         )
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=list(target_modules), init_lora_weights=init)
     model.add_adapter(config, adapter_name=ADAPTER_NAME)  # peft injects in place, marks only adapters trainable
+    for p in lora_parameters(model):  # a float16 UNet gets float16 adapters: AdamW's ε underflows there
+        if p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()  # peft casts activations to the adapter's dtype and back
     return config
 
 

@@ -113,9 +113,9 @@ def ddpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: to
     """DDPO loss of one timestep: log-probs (B,C,h,w) mean-reduced to ℓ_b, advantages (B,). Returns (loss, info)."""
     _check_clip(clip_range)
     _check(log_prob, old_log_prob, advantages, "advantages", 1)
-    adv = advantages.to(log_prob.dtype)
+    adv = advantages.to(device=log_prob.device, dtype=log_prob.dtype)
     lp = log_prob.mean(dim=(1, 2, 3))  # ℓ_b = mean_{c,i,j} log p   (B,)
-    log_ratio = lp - old_log_prob.mean(dim=(1, 2, 3)).to(lp.dtype)  # log ρ_b
+    log_ratio = lp - old_log_prob.mean(dim=(1, 2, 3)).to(device=lp.device, dtype=lp.dtype)  # log ρ_b
     if clip_range is None:
         loss = -(adv * lp).mean()  # L = −mean_b A_b ℓ_b
     else:
@@ -127,8 +127,8 @@ def pxpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage_map:
     """PXPO loss of one timestep: log-probs (B,C,h,w), advantage_map (B,h,w) broadcast over C. Returns (loss, info)."""
     _check_clip(clip_range)
     _check(log_prob, old_log_prob, advantage_map, "advantage_map", 3)
-    adv = advantage_map.to(log_prob.dtype).unsqueeze(1)  # (B,1,h,w): each pixel's own advantage, all channels
-    log_ratio = log_prob - old_log_prob.to(log_prob.dtype)  # log ρ[b,c,i,j]
+    adv = advantage_map.to(device=log_prob.device, dtype=log_prob.dtype).unsqueeze(1)  # (B,1,h,w): each pixel's own advantage, all channels
+    log_ratio = log_prob - old_log_prob.to(device=log_prob.device, dtype=log_prob.dtype)  # log ρ[b,c,i,j]
     if clip_range is None:
         loss = -(adv * log_prob).mean(dim=(1, 2, 3)).mean()  # L = −mean_b mean_{c,i,j} A[b,i,j] log p[b,c,i,j]
     else:

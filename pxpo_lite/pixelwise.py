@@ -157,7 +157,7 @@ def ddpo_surrogate(log_probs: torch.Tensor, rewards: torch.Tensor) -> torch.Tens
     if not isinstance(rewards, torch.Tensor) or rewards.shape != (lp.shape[0],):
         raise ValueError(f"rewards must be a tensor of shape ({lp.shape[0]},) (one per sample), got {getattr(rewards, 'shape', rewards)!r}")
     per_step = per_sample(lp)  # (B,T)
-    return (rewards.to(per_step.dtype) * per_step.sum(dim=1)).mean()
+    return (rewards.to(device=per_step.device, dtype=per_step.dtype) * per_step.sum(dim=1)).mean()
 
 
 def pxpo_surrogate(log_probs: torch.Tensor, reward_map: torch.Tensor) -> torch.Tensor:
@@ -175,5 +175,5 @@ def pxpo_surrogate(log_probs: torch.Tensor, reward_map: torch.Tensor) -> torch.T
             f"reward_map must have shape ({B}, {h}, {w}) to match log_probs {tuple(log_probs.shape)}, got "
             f"{getattr(reward_map, 'shape', reward_map)!r}; map an image-resolution map with to_sample_grid(map, ({h}, {w}))."
         )
-    weighted = reward_map.to(lp.dtype)[:, None, None] * lp  # (B,T,C,h,w): δ-matched pixel credit
+    weighted = reward_map.to(device=lp.device, dtype=lp.dtype)[:, None, None] * lp  # (B,T,C,h,w): δ-matched pixel credit
     return weighted.mean(dim=(-3, -2, -1)).sum(dim=1).mean()

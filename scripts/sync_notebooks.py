@@ -36,8 +36,8 @@ import nbformat
 
 try:
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    sys.exit("scripts/sync_notebooks.py needs Python >= 3.11 (tomllib) to read pyproject.toml")
+except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI (the test extra installs it)
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "pxpo-lite"

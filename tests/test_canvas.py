@@ -4,7 +4,10 @@ from __future__ import annotations
 import base64
 import io
 import sys
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 import types
 from pathlib import Path
 

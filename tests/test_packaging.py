@@ -1,6 +1,9 @@
 """The repository's set-up files agree with each other."""
 import re
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from pathlib import Path
 
 import yaml
