@@ -3,7 +3,7 @@
 One process, one model, one batch of trajectories, measured with interleaved repetitions
 (medians), so machine noise hits every variant alike:
 
-* ``ddpo_update`` / ``pxpo_update``: ``Trainer.update`` on the batch — for every trainable
+* ``ddpo_update`` / ``pxpo_update``: ``Trainer.optimise`` on the batch — for every trainable
   denoising step: re-score the stored transition with gradients (``step_log_prob``), the loss
   (``ddpo_loss`` on mean-reduced log-probs / ``pxpo_loss`` on per-pixel maps), backward; then
   gradient-norm clipping and one AdamW step. Goal: PXPO ≤ 1.05 × DDPO.
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     steps = trainers["ddpo_update"].trainable_steps(traj)
 
     def rl(name):
-        trainers[name].update(traj, adv[name], torch.Generator().manual_seed(0))
+        trainers[name].optimise(traj, adv[name], torch.Generator().manual_seed(0))
 
     def raw():
         pipe = raw_pipe
