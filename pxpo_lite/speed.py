@@ -1,0 +1,145 @@
+"""Speed options: applied to a pipeline before it is sampled from or trained, each measured on/off.
+
+The policy core already runs at the UNet's own cost (sampling with log-probs ÷ the plain
+DDIM loop ≈ 1.00; an RL update ÷ raw UNet forward+backward ≈ 0.99), so a faster epoch has to
+come from doing less work or doing it faster. :func:`apply_speedups` switches on, in place:
+
+* ``channels_last`` — the UNet's convolution weights in NHWC memory layout (oneDNN's preferred
+  layout on CPU). Same maths, other summation order: results agree to float32 rounding.
+* ``gradient_checkpointing`` — diffusers' ``unet.enable_gradient_checkpointing()``: the
+  activations of each ResNet/attention block are recomputed in the backward pass instead of
+  kept, trading one extra forward per block for memory. Exact (the tiny UNet has no dropout and
+  is trained in ``eval()`` mode); works with LoRA adapters.
+* ``prompt_cache`` — :class:`PromptEmbeddingCache`: each distinct prompt (and the empty
+  negative prompt of classifier-free guidance) goes through the text encoder once; later
+  sampling calls reuse its embedding. Valid while the text encoder is frozen (``Trainer`` and
+  ``FeedbackSession`` freeze it). Training already reuses the embeddings stored in the
+  :class:`~pxpo_lite.sampling.Trajectory`, so this only saves sampling-time encoder calls.
+* ``compile`` — ``torch.compile`` of the UNet (in place, ``unet.compile()``). The first call of
+  each new input shape compiles for minutes on a CPU, so it is off by default and pays off only
+  in long runs (``benchmarks/bench_speedups.py --compile`` measures both).
+
+Reduced precision is not an option here: it is ``TrainConfig.mixed_precision`` (accelerate's
+autocast); the benchmark measures bf16 autocast on the CPU it runs on.
+
+Measured by ``benchmarks/bench_speedups.py`` (and the cost of cheaper gradients —
+``TrainConfig.timestep_fraction``, ``use_lora``, gradient checkpointing — by
+``benchmarks/bench_cheaper_gradients.py``); the README's "Speed" section quotes both. Used
+by the learner in ``notebooks/02_ddpo.ipynb`` (training loop) and later notebooks.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+__all__ = ["PromptEmbeddingCache", "apply_speedups", "enable_prompt_cache", "disable_prompt_cache"]
+
+
+class PromptEmbeddingCache:
+    """A drop-in ``encode_prompt`` that runs the text encoder once per distinct prompt.
+
+    Called as ``pipe.encode_prompt(prompt, device, num_images_per_prompt, do_classifier_free_guidance,
+    negative_prompt)`` (the signature of diffusers' ``StableDiffusionPipeline.encode_prompt`` and of the
+    tiny pipeline); returns ``(prompt_embeds, negative_prompt_embeds)`` as the pipeline's own method
+    does. Prompts not seen yet are encoded together in one batch and each row is kept (detached);
+    calls with precomputed embeddings or extra keyword arguments (``clip_skip``, ``lora_scale``) go
+    to the pipeline's own method unchanged. ``hits`` and ``misses`` count prompts served from the
+    cache and encoded. Call :meth:`clear` after changing the text encoder's weights.
+    """
+
+    def __init__(self, pipe):
+        if not callable(getattr(type(pipe), "encode_prompt", None)):
+            raise TypeError(f"pipe must be a pipeline with an encode_prompt method, got {type(pipe).__name__}")
+        self.pipe = pipe
+        self.store: dict[tuple[str, str], torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def clear(self) -> None:
+        self.store.clear()
+
+    def _encode_new(self, texts: Sequence[str], device) -> None:
+        key = str(torch.device(device) if device is not None else self.pipe.device)
+        new = list(dict.fromkeys(t for t in texts if (t, key) not in self.store))  # unique, in order
+        self.hits += len(texts) - len(new)
+        self.misses += len(new)
+        if new:
+            with torch.no_grad():
+                emb, _ = type(self.pipe).encode_prompt(self.pipe, new, device, 1, False)
+            for t, e in zip(new, emb.detach()):
+                self.store[(t, key)] = e
+
+    def _stack(self, texts: Sequence[str], device, n: int) -> torch.Tensor:
+        key = str(torch.device(device) if device is not None else self.pipe.device)
+        return torch.stack([self.store[(t, key)] for t in texts]).repeat_interleave(n, dim=0)
+
+    def __call__(self, prompt, device=None, num_images_per_prompt: int = 1, do_classifier_free_guidance: bool = False,
+                 negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None, **kwargs):
+        own = type(self.pipe).encode_prompt
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        neg = "" if negative_prompt is None else negative_prompt
+        negs = [neg] * len(prompts) if isinstance(neg, str) and isinstance(prompts, (list, tuple)) else neg
+        plain = (prompt_embeds is None and negative_prompt_embeds is None and not kwargs
+                 and isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, str) for p in prompts)
+                 and isinstance(negs, (list, tuple)) and len(negs) == len(prompts) and all(isinstance(p, str) for p in negs))
+        if not plain:
+            return own(self.pipe, prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt,
+                       prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, **kwargs)
+        if hasattr(self.pipe, "check_prompts"):
+            prompts = self.pipe.check_prompts(list(prompts))
+        self._encode_new(list(prompts) + (list(negs) if do_classifier_free_guidance else []), device)
+        cond = self._stack(prompts, device, num_images_per_prompt)
+        uncond = self._stack(negs, device, num_images_per_prompt) if do_classifier_free_guidance else None
+        return cond, uncond
+
+
+def enable_prompt_cache(pipe) -> PromptEmbeddingCache:
+    """Make ``pipe.encode_prompt`` a :class:`PromptEmbeddingCache` (returned; idempotent)."""
+    current = pipe.__dict__.get("encode_prompt")
+    if isinstance(current, PromptEmbeddingCache):
+        return current
+    cache = PromptEmbeddingCache(pipe)
+    object.__setattr__(pipe, "encode_prompt", cache)  # an instance attribute shadows the class's method
+    return cache
+
+
+def disable_prompt_cache(pipe) -> None:
+    """Give ``pipe`` its own ``encode_prompt`` back (no-op if no cache was enabled)."""
+    if isinstance(pipe.__dict__.get("encode_prompt"), PromptEmbeddingCache):
+        del pipe.__dict__["encode_prompt"]
+
+
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def apply_speedups(pipe, *, channels_last: bool = False, gradient_checkpointing: bool = False,
+                   prompt_cache: bool = False, compile: bool = False, compile_kwargs: dict | None = None) -> dict:
+    """Switch speed options on for ``pipe`` in place (module docstring); returns what was applied.
+
+    Call it before building a ``Trainer`` or ``FeedbackSession`` (LoRA adapters added later by the
+    trainer are covered by ``channels_last``, ``gradient_checkpointing`` and ``compile`` too:
+    they act on the UNet's blocks and forward, not on a fixed list of weights). ``compile_kwargs``
+    go to ``torch.compile`` (e.g. ``{"mode": "max-autotune"}``).
+    """
+    flags = {k: _check_flag(k, v) for k, v in dict(channels_last=channels_last, gradient_checkpointing=gradient_checkpointing,
+                                                      prompt_cache=prompt_cache, compile=compile).items()}
+    if compile_kwargs is not None and not isinstance(compile_kwargs, dict):
+        raise TypeError(f"compile_kwargs must be a dict of torch.compile options or None, got {type(compile_kwargs).__name__}")
+    unet = getattr(pipe, "unet", None)
+    if not isinstance(unet, torch.nn.Module):
+        raise TypeError(f"pipe must be a pipeline with a torch UNet at pipe.unet, got {type(pipe).__name__}")
+    if flags["channels_last"]:
+        unet.to(memory_format=torch.channels_last)
+    if flags["gradient_checkpointing"]:
+        if not getattr(unet, "_supports_gradient_checkpointing", False):
+            raise ValueError(f"gradient_checkpointing=True: {type(unet).__name__} does not support it; pass False")
+        unet.enable_gradient_checkpointing()
+    if flags["prompt_cache"]:
+        enable_prompt_cache(pipe)
+    if flags["compile"]:
+        unet.compile(**(compile_kwargs or {}))
+    return flags

@@ -1,0 +1,154 @@
+"""Speed options (pxpo_lite.speed, issue 13 item 2): each leaves results unchanged, or within a stated tolerance."""
+import copy
+
+import pytest
+import torch
+
+import pxpo_lite
+from pxpo_lite import world
+from pxpo_lite.lora import TINY_TARGETS, add_lora, lora_parameters
+from pxpo_lite.rewards import blue_reward
+from pxpo_lite.sampling import sample, step_log_prob
+from pxpo_lite.speed import PromptEmbeddingCache, apply_speedups, disable_prompt_cache, enable_prompt_cache
+from pxpo_lite.trainer import TrainConfig, Trainer
+
+torch.set_num_threads(1)
+
+PROMPTS = world.all_prompts()[:2] * 2  # repeated prompts: the cache encodes each once
+STEPS = 3
+
+
+def g(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return pxpo_lite.build_tiny_pipeline(seed=0)
+
+
+@pytest.fixture(scope="module")
+def sd_pipe():
+    from pxpo_lite.sd import build_tiny_sd_pipeline
+
+    return build_tiny_sd_pipeline(seed=0)
+
+
+def run(p, w=3.0, seed=0):
+    return sample(p, PROMPTS, num_steps=STEPS, guidance_scale=w, generator=g(seed), progress=False)
+
+
+@pytest.mark.parametrize("which", ["pipe", "sd_pipe"])
+def test_prompt_cache_gives_the_same_trajectory(which, request):
+    base = request.getfixturevalue(which)
+    ref = run(base)
+    p = copy.deepcopy(base)
+    cache = enable_prompt_cache(p)
+    assert enable_prompt_cache(p) is cache  # idempotent
+    for _ in range(2):
+        tr = run(p)
+        assert torch.equal(tr.prompt_embeds, ref.prompt_embeds)
+        assert torch.equal(tr.negative_prompt_embeds, ref.negative_prompt_embeds)
+        assert torch.equal(tr.log_probs, ref.log_probs) and torch.equal(tr.images, ref.images)
+    # 2 distinct prompts + the empty negative prompt encoded once; every other row came from the cache
+    assert cache.misses == 3 and cache.hits == 2 * 2 * len(PROMPTS) - 3
+    disable_prompt_cache(p)
+    assert not isinstance(p.__dict__.get("encode_prompt"), PromptEmbeddingCache)
+    assert torch.equal(run(p).log_probs, ref.log_probs)
+
+
+def test_prompt_cache_passes_precomputed_embeddings_through(pipe):
+    p = copy.deepcopy(pipe)
+    cache = enable_prompt_cache(p)
+    own, _ = type(p).encode_prompt(p, PROMPTS, "cpu", 1, False)
+    cond, uncond = p.encode_prompt(None, "cpu", 2, False, prompt_embeds=own)
+    assert torch.equal(cond, own.repeat_interleave(2, dim=0)) and uncond is None
+    assert cache.misses == 0 and cache.hits == 0
+    cond, _ = p.encode_prompt(PROMPTS, "cpu", 2, False)  # num_images_per_prompt as the pipeline's own method
+    assert torch.equal(cond, own.repeat_interleave(2, dim=0))
+
+
+def test_prompt_cache_clear_re_encodes(pipe):
+    p = copy.deepcopy(pipe)
+    cache = enable_prompt_cache(p)
+    p.encode_prompt(PROMPTS, "cpu", 1, False)
+    cache.clear()
+    p.encode_prompt(PROMPTS, "cpu", 1, False)
+    assert cache.misses == 4 and cache.hits == 4
+
+
+def test_channels_last_within_float_rounding(pipe):
+    ref = run(pipe)
+    p = copy.deepcopy(pipe)
+    apply_speedups(p, channels_last=True)
+    conv = next(m for m in p.unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    tr = run(p)
+    # measured: max |Δ log-prob| 1.9e-6 (tiny), 4.6e-5 (tiny SD); the tolerance leaves room for other CPUs
+    assert torch.allclose(tr.log_probs, ref.log_probs, atol=1e-4, rtol=0)
+    assert torch.allclose(tr.images, ref.images, atol=1e-4, rtol=0)
+
+
+def grads(p, traj, params):
+    for q in params:
+        q.grad = None
+    step_log_prob(p, traj, 1).sum().backward()
+    return torch.cat([q.grad.reshape(-1) for q in params])
+
+
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_gradient_checkpointing_same_gradients_and_recomputes(pipe, use_lora):
+    ref_pipe, ck_pipe = copy.deepcopy(pipe), copy.deepcopy(pipe)
+    apply_speedups(ck_pipe, gradient_checkpointing=True)
+    params = {}
+    for name, p in (("ref", ref_pipe), ("ck", ck_pipe)):
+        if use_lora:
+            torch.manual_seed(0)
+            add_lora(p.unet, 4, None, TINY_TARGETS)
+            params[name] = lora_parameters(p.unet)
+        else:
+            p.unet.requires_grad_(True)
+            params[name] = list(p.unet.parameters())
+    traj = run(ref_pipe, w=1.0)
+    # checkpointing is really on: a ResNet block's forward starts again in the backward pass (pre-hook: the
+    # recomputation stops early, once the saved tensors are back, so a post-forward hook would not fire)
+    calls = {"ref": 0, "ck": 0}
+    for name, p in (("ref", ref_pipe), ("ck", ck_pipe)):
+        block = p.unet.down_blocks[0].resnets[0]
+        block.register_forward_pre_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
+    g_ref, g_ck = grads(ref_pipe, traj, params["ref"]), grads(ck_pipe, traj, params["ck"])
+    assert calls == {"ref": 1, "ck": 2}
+    assert torch.equal(g_ref, g_ck)  # recomputation in eval mode (no dropout) is exact
+
+
+def test_trainer_epoch_unchanged_by_exact_speedups(pipe):
+    cfg = TrainConfig(num_steps=STEPS, samples_per_epoch=4, sample_batch_size=4, train_batch_size=2, use_lora=False,
+                      learning_rate=1e-4, progress=False)
+    a, b = copy.deepcopy(pipe), copy.deepcopy(pipe)
+    apply_speedups(b, gradient_checkpointing=True, prompt_cache=True)
+    ta, tb = Trainer(a, blue_reward, cfg, prompts=PROMPTS), Trainer(b, blue_reward, cfg, prompts=PROMPTS)
+    for _ in range(2):
+        ra, rb = ta.train_epoch(), tb.train_epoch()
+        assert ra["reward_mean"] == rb["reward_mean"] and ra["loss"] == rb["loss"]
+    for pa, pb in zip(ta.params, tb.params):
+        assert torch.equal(pa, pb)
+    assert b.encode_prompt.hits > 0
+
+
+def test_compile_is_lazy_and_in_place(pipe):
+    p = copy.deepcopy(pipe)
+    unet = p.unet
+    flags = apply_speedups(p, compile=True)
+    assert flags == {"channels_last": False, "gradient_checkpointing": False, "prompt_cache": False, "compile": True}
+    assert p.unet is unet and unet._compiled_call_impl is not None  # nn.Module.compile: compiled on the first call
+
+
+def test_bad_inputs(pipe):
+    with pytest.raises(TypeError, match="channels_last must be True or False, got 'yes'"):
+        apply_speedups(pipe, channels_last="yes")
+    with pytest.raises(TypeError, match="compile_kwargs must be a dict"):
+        apply_speedups(pipe, compile=True, compile_kwargs="max-autotune")
+    with pytest.raises(TypeError, match="pipe must be a pipeline with a torch UNet at pipe.unet, got object"):
+        apply_speedups(object())
+    with pytest.raises(TypeError, match="pipe must be a pipeline with an encode_prompt method, got int"):
+        PromptEmbeddingCache(3)
