@@ -47,8 +47,8 @@ NETWORK_ERRORS = ("NewConnectionError", "Temporary failure in name resolution", 
 STAMP = ".pxpo-venv-ready"
 
 
-class PipError(RuntimeError):
-    """A pip command failed; ``network`` is True when the cause was an unreachable package index."""
+class StepError(RuntimeError):
+    """A build, pip or notebook step failed; ``network`` is True when the cause was an unreachable package index."""
 
     def __init__(self, message: str, network: bool = False):
         super().__init__(message)
@@ -77,11 +77,12 @@ def _quiet_tail(text: str, n: int = 40) -> str:
 
 
 def run(cmd: list, what: str, timeout: float = 1800, **kw) -> subprocess.CompletedProcess:
-    """Run ``cmd``; on failure raise ``PipError`` naming ``what`` with the output's tail."""
+    """Run ``cmd``; on failure raise ``StepError`` naming ``what`` with the output's tail (pip's
+    warnings about this machine's missing local index folders left out)."""
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
     if r.returncode != 0:
         out = r.stdout + r.stderr
-        raise PipError(f"{what} failed (exit {r.returncode}): {' '.join(map(str, cmd))}\n{_quiet_tail(out)}",
+        raise StepError(f"{what} failed (exit {r.returncode}): {' '.join(map(str, cmd))}\n{_quiet_tail(out)}",
                        network=any(e in out for e in NETWORK_ERRORS))
     return r
 
@@ -235,6 +236,7 @@ def probe(venv: Path, workdir: Path, out_dir: Path) -> dict:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_code_cell(PROBE)]
     src = Path(workdir) / "notebooks" / "probe.ipynb"
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, src)
     out = Path(out_dir) / "probe.ipynb"
     try:
@@ -246,16 +248,21 @@ def probe(venv: Path, workdir: Path, out_dir: Path) -> dict:
 
 
 def run_notebooks(venv: Path, names: list[str], workdir: Path, out_dir: Path, timer: Timer,
-                  parameters: dict | None = None) -> dict[str, float]:
-    """Execute ``names`` (in ``workdir/notebooks``) in smoke mode from ``venv``; returns seconds per notebook."""
+                  parameters: dict | None = None) -> tuple[dict[str, float], dict[str, str]]:
+    """Execute ``names`` (in ``workdir/notebooks``) in smoke mode from ``venv``, every one even when
+    some fail; returns (seconds per notebook that ran, the error's tail per notebook that failed)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seconds = {}
+    seconds, failed = {}, {}
     for name in names:
-        with timer(f"notebook {name}"):
-            papermill(venv, Path(workdir) / "notebooks" / name, out_dir / name, workdir, {"SMOKE": True, **(parameters or {})})
-        seconds[name] = timer.phases[f"notebook {name}"]
-    return seconds
+        try:
+            with timer(f"notebook {name}"):
+                papermill(venv, Path(workdir) / "notebooks" / name, out_dir / name, workdir,
+                          {"SMOKE": True, **(parameters or {})})
+            seconds[name] = timer.phases[f"notebook {name}"]
+        except StepError as e:
+            failed[name] = "\n".join(str(e).splitlines()[-15:])
+    return seconds, failed
 
 
 def main(argv=None) -> int:

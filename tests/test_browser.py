@@ -271,7 +271,7 @@ def test_paint_with_ipywidgets7_classic_notebook():
     if not venv:
         try:
             venv = make_venv.colab_venv(make_venv.Timer("ipywidgets7"))
-        except make_venv.PipError as e:
+        except make_venv.StepError as e:
             if e.network and not IN_CI:
                 pytest.skip(f"cannot build the Colab-versions venv, the package index is unreachable: {str(e)[:300]}")
             raise
