@@ -2,7 +2,8 @@
 
 Both :class:`pxpo_lite.trainer.Trainer` (DDPO/PXPO on batches of images, ``notebooks/02_ddpo.ipynb``)
 and :class:`pxpo_lite.feedback.FeedbackSession` (PXPO on one image, ``notebooks/06_human_feedback_canvas.ipynb``)
-call :func:`policy_gradient_step`. One call is one optimiser step (docs/paper.md, "policy gradient"):
+call :func:`policy_gradient_step`. One call is one optimiser step (docs/paper.md, "DDPO's estimators" and
+"Pixel-wise policy optimisation"):
 
 1. for every (samples, timestep index) pair: **re-score** the stored transition x_t → x_{t−1}
    under the current weights, with gradients (:func:`pxpo_lite.sampling.step_log_prob`);
