@@ -159,6 +159,7 @@ def test_wheel_install_runs_notebooks_without_the_source_tree(dist, tmp_path):
         p = make_venv.probe(venv, work, out)
     _check_probe(p, venv)
     assert p["versions"]["pxpo-lite"] == wheel.name.split("-")[1]
+    (out / "versions.json").write_text(json.dumps(p["versions"], indent=2))  # what pip resolved for the wheel
     seconds, failed = make_venv.run_notebooks(venv, ["00_tour.ipynb", "06_human_feedback_canvas.ipynb"], work, out, timer)
     _record_times("wheel_install", {**dist_phases, **timer.phases})
     assert not failed, "notebooks failed from the installed wheel:\n" + "\n\n".join(f"{n}:\n{e}" for n, e in failed.items())
