@@ -120,10 +120,11 @@ def apply_speedups(pipe, *, channels_last: bool = False, gradient_checkpointing:
                    prompt_cache: bool = False, compile: bool = False, compile_kwargs: dict | None = None) -> dict:
     """Switch speed options on for ``pipe`` in place (module docstring); returns what was applied.
 
-    Call it before building a ``Trainer`` or ``FeedbackSession`` (LoRA adapters added later by the
-    trainer are covered by ``channels_last``, ``gradient_checkpointing`` and ``compile`` too:
-    they act on the UNet's blocks and forward, not on a fixed list of weights). ``compile_kwargs``
-    go to ``torch.compile`` (e.g. ``{"mode": "max-autotune"}``).
+    Call it before building a ``Trainer`` or ``FeedbackSession``. LoRA adapters the trainer adds
+    later are covered by ``gradient_checkpointing`` and ``compile`` (they act on the UNet's blocks
+    and its forward, compiled at the first call); ``channels_last`` converts the weights present
+    now (adapter convolutions added later keep the default layout: correct, a little less gain).
+    ``compile_kwargs`` go to ``torch.compile`` (e.g. ``{"dynamic": False}``).
     """
     flags = {k: _check_flag(k, v) for k, v in dict(channels_last=channels_last, gradient_checkpointing=gradient_checkpointing,
                                                       prompt_cache=prompt_cache, compile=compile).items()}
