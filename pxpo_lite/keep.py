@@ -147,7 +147,8 @@ class KeepTerm(NamedTuple):
     stats: dict
 
 
-def _check_beta(beta) -> float:
+def check_beta(beta) -> float:
+    """β as a float; ValueError unless it is a finite number >= 0 (a 1-element tensor is accepted)."""
     if isinstance(beta, torch.Tensor) and beta.numel() == 1:
         beta = float(beta)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
@@ -162,7 +163,7 @@ def keep_term(mu: torch.Tensor, mu_ref: torch.Tensor, sigma, weights: torch.Tens
     constant: detached), ``sigma`` σ_t > 0, ``weights`` (B,h,w), (1,h,w) or (h,w) on the sample
     grid, ≥ 0, broadcast over C (None: 1 everywhere, the global KL), ``beta`` ≥ 0.
     """
-    beta = _check_beta(beta)
+    beta = check_beta(beta)
     if not isinstance(mu, torch.Tensor) or mu.ndim != 4:
         raise ValueError(f"mu must be the step's mean (B,C,h,w), got {getattr(mu, 'shape', type(mu).__name__)}")
     kl = gaussian_kl(mu, mu_ref.detach() if isinstance(mu_ref, torch.Tensor) else mu_ref, sigma)

@@ -8,16 +8,17 @@ call :func:`policy_gradient_step`. One call is one optimiser step (docs/paper.md
 1. for every (samples, timestep index) pair: **re-score** the stored transition x_t → x_{t−1}
    under the current weights, with gradients (:func:`pxpo_lite.sampling.step_log_prob`);
 2. the **per-step loss** (:func:`step_loss`): ``ddpo_loss`` (one advantage per sample, (b,)) or
-   ``pxpo_loss`` (one advantage per element of the sample grid, (b,h,w)), plus an optional
-   extra term (``extra_loss``: the extension point for a regulariser such as a per-pixel KL
-   "keep" term);
+   ``pxpo_loss`` (one advantage per element of the sample grid, (b,h,w)), plus the optional
+   per-pixel **keep term** β·mean(w·(μ_θ − μ_ref)²/(2σ_t²)) (:class:`Keep`, :mod:`pxpo_lite.keep`:
+   a closed-form KL to the reference policy; μ_θ comes from the same forward as the log-prob,
+   μ_ref from one extra no-grad forward) and an optional ``extra_loss`` (extension point);
 3. **backward** of loss / (number of pairs): the gradients of all pairs — micro-batches ×
    timesteps — accumulate into their mean (gradient accumulation);
 4. **average** the gradients over processes (``average_gradients``; default: one flat
    all-reduce when there are several), **clip** the gradient norm;
 5. **optimiser step**.
 
-**NaN guard**: a NaN/inf log-prob, loss or gradient norm raises :class:`TrainingError` naming
+**NaN guard**: a NaN/inf log-prob, loss (keep term included) or gradient norm raises :class:`TrainingError` naming
 the sample, its prompt and the timestep; the gradients are cleared and the optimiser step is
 skipped, so the weights are untouched.
 
@@ -34,6 +35,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from . import keep as keep_lib
 from .ddim import trainable_step_indices
 from .losses import NonFiniteError, ddpo_loss, pxpo_loss
 from .sampling import step_log_prob
@@ -52,6 +54,42 @@ class StepResult:
 
     infos: list
     grad_norm: float
+
+
+@dataclass
+class Keep:
+    """The per-pixel keep term of an update: β·mean(w·KL(π_θ ‖ π_ref)) per (samples, step) pair.
+
+    ``beta`` ≥ 0 (0: off — no extra forward, the update is the plain one); ``weights``: None
+    (w ≡ 1, the global KL of notebooks 03/04) or per-sample maps (B,h,w) / (1,h,w) on the sample
+    grid, ≥ 0, 1 = keep, 0 = free to change (``keep.keep_weights_from_heatmap`` /
+    ``keep_weights_from_mask``; notebook 06); ``reference_unet``: the frozen reference for
+    full-UNet training (``keep.frozen_copy``), None for LoRA (adapters disabled give μ_ref).
+    """
+
+    beta: float = 0.0
+    weights: torch.Tensor | None = None
+    reference_unet: torch.nn.Module | None = None
+
+    def __post_init__(self):
+        self.beta = keep_lib.check_beta(self.beta)
+        if self.weights is not None:
+            if not isinstance(self.weights, torch.Tensor) or self.weights.ndim != 3:
+                raise ValueError(f"Keep.weights must be None or a tensor (B,h,w) on the sample grid, got "
+                                 f"{getattr(self.weights, 'shape', type(self.weights).__name__)}; make it with keep.keep_weights_from_heatmap")
+            if not torch.isfinite(self.weights).all() or (self.weights < 0).any():
+                raise ValueError("Keep.weights must be finite and >= 0 (1 = keep, 0 = free to change)")
+
+    @property
+    def active(self) -> bool:
+        return self.beta > 0
+
+    def term(self, pol: "keep_lib.StepGaussian", ref: "keep_lib.StepGaussian", idx: torch.Tensor) -> "keep_lib.KeepTerm":
+        """The keep term of one pair from the trained (``pol``) and reference (``ref``) step means."""
+        w = self.weights
+        if w is not None and w.shape[0] > 1:
+            w = w[idx.to(w.device)]
+        return keep_lib.keep_term(pol.mean, ref.mean, pol.sigma, w, self.beta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,14 +129,21 @@ def trainable_steps(pipe, num_steps: int, eta: float) -> list[int]:
 # The loss of one (samples, timestep) pair
 # --------------------------------------------------------------------------------------------
 def step_loss(method: str, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
-              clip_range: float | None) -> tuple[torch.Tensor, dict]:
-    """The policy-gradient loss of one timestep for one micro-batch (all loss terms are assembled here).
+              clip_range: float | None, keep: "keep_lib.KeepTerm | None" = None) -> tuple[torch.Tensor, dict]:
+    """The loss of one timestep for one micro-batch (all loss terms are assembled here).
 
-    log_prob, old_log_prob: (b,C,h,w); advantages: (b,) for "ddpo", (b,h,w) for "pxpo".
+    log_prob, old_log_prob: (b,C,h,w); advantages: (b,) for "ddpo", (b,h,w) for "pxpo";
+    ``keep``: the pair's keep term (:func:`pxpo_lite.keep.keep_term`), added to the loss; its
+    diagnostics go into the info as ``keep_kl`` (mean KL per element), ``keep_kl_kept``
+    (w-weighted, where w > 0), ``keep_kl_free`` (where w = 0; NaN if none), ``keep_term``.
     """
     if method not in LOSSES:
         raise ValueError(f"method must be one of {sorted(LOSSES)}, got {method!r}")
-    return LOSSES[method](log_prob, old_log_prob, advantages, clip_range)
+    loss, info = LOSSES[method](log_prob, old_log_prob, advantages, clip_range)
+    if keep is not None:
+        loss = loss + keep.term
+        info = {**info, "loss": float(loss.detach()), **{f"keep_{k}": v for k, v in keep.stats.items() if k != "keep_fraction"}}
+    return loss, info
 
 
 def check_advantages(method: str, advantages: torch.Tensor, traj) -> None:
@@ -155,6 +200,7 @@ def policy_gradient_step(
     accelerator=None,
     average: Callable | None = None,
     extra_loss: Callable | None = None,
+    keep: Keep | None = None,
     where: str = "",
 ) -> StepResult:
     """One optimiser step from the (sample indices, timestep index) ``pairs`` of ``traj`` (module docstring).
@@ -172,9 +218,15 @@ def policy_gradient_step(
         extra_loss: the extension point for a further loss term per pair:
             ``extra_loss(pipe, traj, idx, i, log_prob) -> (term, info)``; ``term`` is added to the
             policy loss of that pair, ``info`` to its diagnostics.
+        keep: the per-pixel keep term (:class:`Keep`); None or β = 0: off (no reference forward).
         where: appended to error messages (e.g. ``", epoch 3"``).
     """
     check_advantages(method, advantages, traj)
+    if keep is not None and not isinstance(keep, Keep):
+        raise TypeError(f"keep must be an update.Keep(beta, weights, reference_unet) or None, got {type(keep).__name__}")
+    use_keep = keep is not None and keep.active
+    if use_keep and keep.weights is not None and keep.weights.shape[0] not in (1, len(traj)):
+        raise ValueError(f"Keep.weights has {keep.weights.shape[0]} maps but the trajectory has {len(traj)} samples; give one per sample or one for all")
     if not pairs:
         raise ValueError("pairs is empty: an optimiser step needs at least one (sample indices, timestep index) pair")
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
@@ -185,13 +237,22 @@ def policy_gradient_step(
     optimizer.zero_grad(set_to_none=True)
     try:
         for idx, i in pairs:
-            # 1. re-score x_t -> x_{t-1} with gradients: (b,C,h,w)
+            # 1. re-score x_t -> x_{t-1} with gradients: (b,C,h,w); with the keep term the same
+            #    forward also gives μ_θ, and one no-grad forward of the reference gives μ_ref
+            kt = None
             with autocast():
-                lp = step_log_prob(pipe, traj, i, idx).float()
+                if use_keep:
+                    pol = keep_lib.step_means(pipe, traj, i, idx)
+                    ref = keep_lib.step_means(pipe, traj, i, idx, reference=True, reference_unet=keep.reference_unet)
+                    lp = pol.log_prob.float()
+                else:
+                    lp = step_log_prob(pipe, traj, i, idx).float()
             _not_finite("log-prob", lp, traj, idx, i, where)
-            # 2. the loss of this pair (+ the optional extra term)
+            if use_keep:
+                kt = keep.term(pol, ref, idx)
+            # 2. the loss of this pair (+ the keep term, + the optional extra term)
             old = traj.log_probs[idx, i].to(lp.device)
-            loss, info = step_loss(method, lp, old, advantages[idx.to(advantages.device)].to(lp.device), clip_range)
+            loss, info = step_loss(method, lp, old, advantages[idx.to(advantages.device)].to(lp.device), clip_range, kt)
             if extra_loss is not None:
                 term, extra_info = extra_loss(pipe, traj, idx, i, lp)
                 loss = loss + term
@@ -221,11 +282,21 @@ def policy_gradient_step(
     return StepResult(infos, norm)
 
 
+def _finite_mean(values) -> float:
+    vals = [float(v) for v in values if math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
 def summarise(infos: Sequence[dict]) -> dict:
-    """Mean of each loss diagnostic over pairs; ``ratio_min``/``ratio_max`` are the min/max."""
+    """Mean of each loss diagnostic over pairs; ``ratio_min``/``ratio_max`` are the min/max.
+
+    ``keep_kl_free`` is NaN for a pair without free (w = 0) pixels: those pairs are left out of its mean.
+    """
     if not infos:
         raise ValueError("infos is empty: nothing to summarise")
     out = {k: float(sum(d[k] for d in infos) / len(infos)) for k in infos[0] if k not in ("ratio_min", "ratio_max")}
+    if "keep_kl_free" in out:
+        out["keep_kl_free"] = _finite_mean(d["keep_kl_free"] for d in infos)
     out["ratio_min"] = min(d["ratio_min"] for d in infos)
     out["ratio_max"] = max(d["ratio_max"] for d in infos)
     return out

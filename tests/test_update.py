@@ -1,15 +1,16 @@
 """pxpo_lite.update: the one policy-gradient step (re-score, loss, NaN guard, accumulation, clip, step)."""
 import copy
 import functools
+import math
 
 import pytest
 import torch
 
-from pxpo_lite import update
+from pxpo_lite import keep, lora, update
 from pxpo_lite.losses import ddpo_loss, pxpo_loss
 from pxpo_lite.models import build_tiny_pipeline
 from pxpo_lite.sampling import sample, step_log_prob
-from pxpo_lite.update import TrainingError, policy_gradient_step, summarise, trainable_steps
+from pxpo_lite.update import Keep, TrainingError, policy_gradient_step, summarise, trainable_steps
 
 PROMPTS = [
     "a bald portrait with a red shirt on a blue background",
@@ -136,3 +137,91 @@ def test_trainable_steps_one_threshold():
 def test_summarise_means_and_extremes():
     s = summarise([{"loss": 1.0, "ratio_min": 0.9, "ratio_max": 1.1}, {"loss": 3.0, "ratio_min": 0.8, "ratio_max": 1.0}])
     assert s == {"loss": 2.0, "ratio_min": 0.8, "ratio_max": 1.1}
+
+
+# ---------------------------------------------------------------------------- the keep term in the update
+def _forwards(unet):
+    """Count UNet forwards (with or without grad) through a hook; returns the list it appends to."""
+    seen = []
+    unet.register_forward_hook(lambda m, a, out: seen.append(torch.is_grad_enabled()))
+    return seen
+
+
+def test_keep_term_is_exactly_zero_at_theta_ref_and_beta_zero_adds_no_forward():
+    pipe, traj, params = setup()
+    ref_unet = keep.frozen_copy(pipe.unet)
+    seen = _forwards(pipe.unet)
+    ref_seen = _forwards(ref_unet)
+    adv = torch.randn(2, 32, 32, generator=torch.Generator().manual_seed(1))
+    pairs = [(torch.arange(2), 0), (torch.tensor([1]), 1)]
+    plain_opt, keep_opt = Recorder(params), Recorder(params)
+    plain = policy_gradient_step(pipe, traj, adv, pairs, plain_opt, params, method="pxpo")
+    assert seen == [True, True] and ref_seen == []
+    off = policy_gradient_step(pipe, traj, adv, pairs, Recorder(params), params, method="pxpo", keep=Keep(0.0))
+    assert seen == [True] * 4 and ref_seen == [] and "keep_kl" not in off.infos[0]  # β = 0: the plain update
+    w = torch.ones(2, 32, 32)
+    w[:, :16] = 0
+    res = policy_gradient_step(pipe, traj, adv, pairs, keep_opt, params, method="pxpo",
+                               keep=Keep(10.0, w, reference_unet=ref_unet))
+    assert seen == [True] * 6 and ref_seen == [False, False]  # one forward with grad + one reference forward per pair
+    for a, b in zip(plain_opt.seen[0], keep_opt.seen[0]):
+        assert torch.equal(a, b)  # θ = θ_ref: the term and its gradient are exactly 0 -> the same update, bit for bit
+    assert res.grad_norm == plain.grad_norm
+    info = res.infos[0]
+    assert info["keep_kl"] == info["keep_kl_kept"] == info["keep_kl_free"] == info["keep_term"] == 0.0
+    assert info["loss"] == plain.infos[0]["loss"]
+
+
+def test_keep_term_with_lora_is_zero_at_start_and_pulls_back_after_a_change():
+    pipe, traj, _ = setup()
+    torch.manual_seed(0)
+    lora.add_lora(pipe.unet, 4, target_modules=lora.TINY_TARGETS)
+    params = lora.lora_parameters(pipe.unet)
+    adv = torch.randn(2, 32, 32, generator=torch.Generator().manual_seed(1))
+    pairs = [(torch.arange(2), 0)]
+    a, b = Recorder(params), Recorder(params)
+    policy_gradient_step(pipe, traj, adv, pairs, a, params, method="pxpo")
+    policy_gradient_step(pipe, traj, adv, pairs, b, params, method="pxpo", keep=Keep(5.0))
+    assert all(torch.equal(x, y) for x, y in zip(a.seen[0], b.seen[0]))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    # only the keep term (advantages 0): the gradient flows and a step lowers the KL to the base model
+    opt = torch.optim.SGD(params, lr=0.05)
+    first = policy_gradient_step(pipe, traj, torch.zeros(2, 32, 32), pairs, opt, params, method="pxpo", keep=Keep(1.0))
+    second = policy_gradient_step(pipe, traj, torch.zeros(2, 32, 32), pairs, opt, params, method="pxpo", keep=Keep(1.0))
+    assert first.grad_norm > 0 and first.infos[0]["keep_kl"] > 0
+    assert second.infos[0]["keep_kl"] < first.infos[0]["keep_kl"]
+    assert first.infos[0]["keep_kl_kept"] == pytest.approx(first.infos[0]["keep_kl"])  # w ≡ 1
+    assert math.isnan(first.infos[0]["keep_kl_free"]) and "keep_kl_free" in summarise(first.infos)
+
+
+def test_keep_term_nan_reference_is_stopped_before_the_step():
+    pipe, traj, params = setup()
+    ref_unet = keep.frozen_copy(pipe.unet)
+    with torch.no_grad():
+        next(ref_unet.parameters()).fill_(float("nan"))
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=1.0)
+    with pytest.raises(TrainingError, match="loss is NaN/inf.*weights untouched"):
+        policy_gradient_step(pipe, traj, torch.zeros(2, 32, 32), [(torch.arange(2), 0)], opt, params, method="pxpo",
+                             keep=Keep(1.0, reference_unet=ref_unet))
+    assert all(torch.equal(a, p) for a, p in zip(before, params)) and all(p.grad is None for p in params)
+
+
+def test_keep_bad_arguments_are_named():
+    pipe, traj, params = setup()
+    opt = torch.optim.SGD(params, lr=0.0)
+    for beta in (-1.0, float("nan"), True, "10"):
+        with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+            Keep(beta)
+    with pytest.raises(ValueError, match=r"Keep.weights must be None or a tensor \(B,h,w\)"):
+        Keep(1.0, torch.ones(32, 32))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        Keep(1.0, -torch.ones(1, 32, 32))
+    with pytest.raises(TypeError, match="keep must be an update.Keep"):
+        policy_gradient_step(pipe, traj, torch.zeros(2), [(torch.arange(2), 0)], opt, params, method="ddpo", keep=1.0)
+    with pytest.raises(ValueError, match="Keep.weights has 3 maps but the trajectory has 2 samples"):
+        policy_gradient_step(pipe, traj, torch.zeros(2), [(torch.arange(2), 0)], opt, params, method="ddpo",
+                             keep=Keep(1.0, torch.ones(3, 32, 32), keep.frozen_copy(pipe.unet)))
