@@ -28,13 +28,8 @@ Introduced in ``notebooks/06_human_feedback_canvas.ipynb``.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
-import os
-import shutil
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -44,14 +39,16 @@ import torch
 
 from . import lora as lora_lib
 from .canvas import check_heatmap
-from .config_checks import check_number, check_positive_int
+from .checkpoint import base_fingerprint
+from .config_checks import check_bool, check_number, check_positive_int
+from .keep import keep_weights_from_heatmap
 from .pixelwise import to_sample_grid
 from .sampling import sample
-from .update import policy_gradient_step, summarise, trainable_steps
+from .session_store import SessionError, SessionStore
+from .update import Keep, policy_gradient_step, summarise, trainable_steps
 
-MANIFEST = "session.json"
-FORMAT = "pxpo-lite feedback session"
-FORMAT_VERSION = 1
+#: RefineConfig's default β of the keep term, chosen by benchmarks/bench_localised_feedback.py
+KEEP_BETA = 10.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,6 +100,8 @@ class RefineConfig:
     max_grad_norm: float | None = 1.0  # gradient-norm clip (None: no clipping)
     lora_rank: int = 4
     lora_targets: tuple[str, ...] | None = None  # None: lora.TINY_TARGETS for pixel models, SD_TARGETS for SD
+    keep_beta: float = KEEP_BETA   # β of the per-pixel keep term (update.Keep): unpainted pixels stay as they were; 0: off
+    keep_liked: bool = True        # True: liked pixels are kept too (w = 1 there); False: only unpainted pixels are kept
 
     #: names used by sessions saved before the rename; :meth:`from_dict` maps/ignores them
     LEGACY = {"lr": "learning_rate", "min_sigma": None}
@@ -118,11 +117,15 @@ class RefineConfig:
         check_number("RefineConfig.clip_range", self.clip_range, above=0, optional=True)
         check_number("RefineConfig.advantage_scale", self.advantage_scale, above=0)
         check_number("RefineConfig.max_grad_norm", self.max_grad_norm, above=0, optional=True)
+        check_number("RefineConfig.keep_beta", self.keep_beta, at_least=0)
+        check_bool("RefineConfig.keep_liked", self.keep_liked)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RefineConfig":
-        """A config from a saved manifest's dict (older names: ``lr`` -> ``learning_rate``; ``min_sigma`` dropped)."""
+        """A config from a saved manifest's dict (older names: ``lr`` -> ``learning_rate``; ``min_sigma`` dropped;
+        a session saved before the keep term existed continues without it: ``keep_beta`` 0)."""
         d = dict(d)
+        d.setdefault("keep_beta", 0.0)
         for old, new in cls.LEGACY.items():
             if old in d:
                 value = d.pop(old)
@@ -132,13 +135,15 @@ class RefineConfig:
 
 
 def pxpo_refine(pipe, traj, advantages: torch.Tensor, params: Sequence[torch.nn.Parameter], config: RefineConfig,
-                progress: bool = False) -> dict:
+                progress: bool = False, keep_weights: torch.Tensor | None = None) -> dict:
     """``config.updates_per_round`` AdamW steps of the PXPO loss on one stored trajectory.
 
     Each step is one :func:`pxpo_lite.update.policy_gradient_step` over the trajectory's
     stochastic timesteps (σ_t > 0): L = (1/T') Σ_t pxpo_loss(log p_θ(x_{t−1}|x_t), log p_old, A),
-    with ``advantages`` A (1,h,w) on the sample grid. A NaN/inf stops with
-    :class:`~pxpo_lite.update.TrainingError` before the step (weights untouched). Returns diagnostics.
+    with ``advantages`` A (1,h,w) on the sample grid, plus the keep term β·mean(w·KL(π_θ‖π_base))
+    when ``config.keep_beta`` > 0 (``keep_weights`` w (1,h,w); None: w ≡ 1; the reference is the
+    base model: LoRA adapters off). A NaN/inf stops with :class:`~pxpo_lite.update.TrainingError`
+    before the step (weights untouched). Returns diagnostics (``keep_kl*_last`` with the keep term).
     """
     from tqdm.auto import tqdm
 
@@ -147,17 +152,20 @@ def pxpo_refine(pipe, traj, advantages: torch.Tensor, params: Sequence[torch.nn.
     steps = trainable_steps(pipe, traj.num_steps, traj.eta)
     pairs = [(torch.arange(len(traj)), i) for i in steps]  # every sample (one image) at every stochastic step
     A = advantages.to(traj.log_probs.device)
+    keep = Keep(config.keep_beta, None if keep_weights is None else keep_weights.to(A.device)) if config.keep_beta > 0 else None
     was_training = pipe.unet.training
     pipe.unet.eval()  # no dropout: the ratio is exactly 1 before the first step
     infos = []
     try:
         for k in tqdm(range(config.updates_per_round), disable=not progress, desc="PXPO refinement", leave=False):
             res = policy_gradient_step(pipe, traj, A, pairs, opt, params, method="pxpo", clip_range=config.clip_range,
-                                       max_grad_norm=config.max_grad_norm, where=f", refinement step {k + 1}")
+                                       max_grad_norm=config.max_grad_norm, keep=keep, where=f", refinement step {k + 1}")
             infos.append({**summarise(res.infos), "grad_norm": res.grad_norm})
     finally:
         pipe.unet.train(was_training)
+    kept = {f"{k}_last": (v if math.isfinite(v) else None) for k, v in infos[-1].items() if k.startswith("keep_kl")}
     return {
+        **kept,
         "loss_first": infos[0]["loss"],
         "loss_last": infos[-1]["loss"],
         "approx_kl_last": infos[-1]["approx_kl"],
@@ -168,65 +176,8 @@ def pxpo_refine(pipe, traj, advantages: torch.Tensor, params: Sequence[torch.nn.
     }
 
 
-# --------------------------------------------------------------------------------------------
-# Files: atomic writes, PNG/NumPy/JSON/safetensors
-# --------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename onto ``path`` (a reader never sees half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _save_png(path: Path, image: np.ndarray, scale: int = 1) -> None:
-    from .plotting import to_pil
-
-    _atomic_write(path, lambda p: to_pil(torch.as_tensor(image), scale=scale).save(p, format="PNG"))
-
-
-def _heatmap_png(path: Path, heat: np.ndarray) -> None:
-    """A viewable picture of the map: green = like, red = dislike, black = unpainted."""
-    from PIL import Image
-
-    rgb = np.zeros(heat.shape + (3,), np.uint8)
-    rgb[..., 1] = (np.clip(heat, 0, 1) * 255).astype(np.uint8)
-    rgb[..., 0] = (np.clip(-heat, 0, 1) * 255).astype(np.uint8)
-    _atomic_write(path, lambda p: Image.fromarray(rgb, "RGB").save(p, format="PNG"))
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    def w(p):
-        with open(p, "wb") as f:
-            np.save(f, np.asarray(arr, dtype=np.float32))
-
-    _atomic_write(path, w)
-
-
-def _save_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2, default=_json_default)))
-
-
-def _json_default(o):
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-
-
 def _finite_or_none(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-
-
-def base_fingerprint(unet: torch.nn.Module) -> str:
-    """sha256 (first 16 hex) of the base (non-LoRA) UNet weights: a session only reloads onto the
-    model it was made with."""
-    h = hashlib.sha256()
-    for name, p in sorted(lora_lib.unwrap(unet).state_dict().items()):
-        if "lora_" in name:
-            continue
-        name = name.replace(".base_layer.", ".")
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,10 +201,6 @@ class FeedbackRound:
     def change_map(self) -> np.ndarray:
         """(H,W) mean |after − before| over RGB."""
         return np.abs(self.image_after - self.image_before).mean(0)
-
-
-class SessionError(ValueError):
-    """A session folder is missing, half-written or does not match the model."""
 
 
 class FeedbackSession:
@@ -281,7 +228,8 @@ class FeedbackSession:
         trainable_steps(pipe, self.config.num_steps, self.config.eta)  # ValueError now if no step could be trained
         self.progress = progress
         self.folder = Path(folder) if folder is not None else None
-        if self.folder is not None and _restore is None and (self.folder / MANIFEST).exists() and not overwrite:
+        self.store = SessionStore(self.folder) if self.folder is not None else None
+        if self.store is not None and _restore is None and self.store.exists() and not overwrite:
             raise SessionError(
                 f"{str(self.folder)!r} already holds a feedback session; continue it with "
                 f"FeedbackSession.load({str(self.folder)!r}, pipe), or pass overwrite=True / another folder"
@@ -303,10 +251,10 @@ class FeedbackSession:
         self.trajectory = self._generate()
         if _restore is None:
             self.initial_image = self.trajectory.images[0].cpu().numpy()
-            if self.folder is not None:
-                if self.folder.exists() and overwrite:
-                    self._remove_saved_session()
-                self._save_initial()
+            if self.store is not None:  # overwrite deletes only the files a valid manifest lists
+                self.store.start(self._meta(), {"image": self.initial_image}, overwrite=overwrite)
+        else:
+            self.store = _restore["store"]
 
     # -- model -----------------------------------------------------------------------------------
     @staticmethod
@@ -358,7 +306,8 @@ class FeedbackSession:
         c = self.config
         sample_size = tuple(self.trajectory.log_probs.shape[-2:])
         A = heatmap_to_advantages(heat, sample_size, c.advantage_scale)
-        update = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress)
+        w = keep_weights_from_heatmap(heat, sample_size, keep_liked=c.keep_liked) if c.keep_beta > 0 else None
+        update = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress, keep_weights=w)
         before = image.numpy()
         self.trajectory = self._generate()
         after = self.image.numpy()
@@ -378,139 +327,65 @@ class FeedbackSession:
                 for r in self.rounds]
 
     # -- saving ----------------------------------------------------------------------------------
-    def _manifest(self) -> dict:
+    def _meta(self) -> dict:
+        """What the session folder records besides its files: prompt, seed, config, LoRA, base model."""
         cfg = asdict(self.config)
         cfg["lora_targets"] = list(cfg["lora_targets"]) if cfg["lora_targets"] else None
         return {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
             "prompt": self.prompt,
             "seed": self.seed,
             "config": cfg,
             "lora": {"rank": self.lora_config.r, "alpha": self.lora_config.lora_alpha,
                      "target_modules": sorted(self.lora_config.target_modules)},
             "base_fingerprint": self.base_fingerprint,
-            "image_shape": list(self.initial_image.shape),
-            "initial": {"folder": "round_000", "files": ["image.png", "image.npy"]},
-            "rounds": [
-                {"index": r.index, "folder": f"round_{r.index:03d}", "source": r.source, "note": r.note,
-                 "stats": _finite_or_none(r.stats), "update": r.update, "seconds": r.seconds,
-                 "files": ["heatmap.npy", "heatmap.png", "image_before.npy", "image.npy", "image.png",
-                           "adapter.safetensors"]}
-                for r in self.rounds
-            ],
         }
 
-    def _remove_saved_session(self) -> None:
-        """Delete a previous session's files (only ``session.json`` and ``round_*``; nothing else in the folder)."""
-        (self.folder / MANIFEST).unlink(missing_ok=True)
-        for d in self.folder.glob("round_*"):
-            shutil.rmtree(d) if d.is_dir() else d.unlink()
-
-    def _write_folder(self, name: str, fill) -> None:
-        """Build ``name`` as ``name.tmp`` then rename it into place."""
-        final, tmp = self.folder / name, self.folder / (name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        fill(tmp)
-        if final.exists():  # left by an interrupted save that never reached the manifest
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-
-    def _save_initial(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-        def fill(d: Path):
-            _save_npy(d / "image.npy", self.initial_image)
-            _save_png(d / "image.png", self.initial_image)
-
-        self._write_folder("round_000", fill)
-        _save_json(self.folder / MANIFEST, self._manifest())  # the manifest last
-
     def _save_round(self, r: FeedbackRound) -> None:
-        from safetensors.torch import save_file
-
-        def fill(d: Path):
-            _save_npy(d / "heatmap.npy", r.heatmap)
-            _heatmap_png(d / "heatmap.png", r.heatmap)
-            _save_npy(d / "image_before.npy", r.image_before)
-            _save_npy(d / "image.npy", r.image_after)
-            _save_png(d / "image.png", r.image_after)
-            _atomic_write(d / "adapter.safetensors", lambda p: save_file(self.adapter_state(), str(p),
-                                                                         metadata={"round": str(r.index)}))
-
-        self._write_folder(f"round_{r.index:03d}", fill)
-        _save_json(self.folder / MANIFEST, self._manifest())  # the manifest last: the round now counts
+        self.store.save_round(
+            r.index, {"heatmap": r.heatmap, "image_before": r.image_before, "image": r.image_after}, self.adapter_state(),
+            {"source": r.source, "note": r.note, "stats": _finite_or_none(r.stats), "update": _finite_or_none(r.update),
+             "seconds": r.seconds},
+        )
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
     def load(cls, folder, pipe, progress: bool = False, check_image: bool = True) -> "FeedbackSession":
         """Reload a saved session onto ``pipe`` (the same base pipeline it was made with) and continue.
 
-        Raises :class:`SessionError` (a ValueError) or FileNotFoundError with what is wrong when the
-        folder is missing, half-written, or belongs to another model.
+        Every file is checked against the SHA-256 the manifest holds (:mod:`pxpo_lite.session_store`);
+        raises :class:`SessionError` (a ValueError) naming the file, or FileNotFoundError, when the
+        folder is missing, half-written, altered, or belongs to another model.
         """
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"feedback session folder {str(folder)!r} does not exist; start one with FeedbackSession(pipe, prompt, seed, folder=...)")
-        mpath = folder / MANIFEST
-        if not mpath.is_file():
-            found = sorted(p.name for p in folder.iterdir())
-            raise SessionError(
-                f"{str(folder)!r} has no {MANIFEST}: it is not a feedback session, or its first save was interrupted "
-                f"(found: {found[:8]}). The manifest is written last, so without it nothing in the folder is complete; "
-                "start a new session there with overwrite=True."
-            )
+        store = SessionStore(folder)
+        saved = store.load()
+        m = saved.meta
         try:
-            m = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SessionError(f"{str(mpath)!r} is not valid JSON ({e}); the session cannot be read") from e
-        if m.get("format") != FORMAT or m.get("version") != FORMAT_VERSION:
-            raise SessionError(f"{str(mpath)!r} is not a {FORMAT!r} version {FORMAT_VERSION} manifest (format={m.get('format')!r}, version={m.get('version')!r})")
-        try:
-            return cls._load_checked(folder, m, pipe, progress, check_image)
-        except (KeyError, TypeError, IndexError) as e:
-            raise SessionError(f"{str(mpath)!r} is incomplete or malformed ({type(e).__name__}: {e}); the session cannot be read") from e
-
-    @classmethod
-    def _load_checked(cls, folder: Path, m: dict, pipe, progress: bool, check_image: bool) -> "FeedbackSession":
-        from safetensors.torch import load_file
-
-        for d in folder.glob("round_*.tmp"):
-            warnings.warn(f"ignoring {d.name}: a round whose save was interrupted (not in the manifest); the session "
-                          f"continues from round {len(m['rounds'])}", stacklevel=2)
-        entries = [m["initial"]] + m["rounds"]
-        for e in entries:
-            missing = [f for f in e["files"] if not (folder / e["folder"] / f).is_file()]
-            if missing:
-                raise SessionError(f"session {str(folder)!r} is half-written: {e['folder']}/ lacks {missing}; "
-                                   "restore the files or start a new session")
-        fp = base_fingerprint(pipe.unet)
-        if fp != m["base_fingerprint"]:
-            raise SessionError(
-                f"session {str(folder)!r} was made with another base model (fingerprint {m['base_fingerprint']}, this pipe "
-                f"has {fp}); load it with the pipeline it was made with"
-            )
-        config = RefineConfig.from_dict({**m["config"], "lora_targets": tuple(m["lora"]["target_modules"])})
-        config.lora_rank = m["lora"]["rank"]
-
-        def npy(e, name):
-            return np.load(folder / e["folder"] / name).astype(np.float32)
-
-        rounds = [
-            FeedbackRound(index=e["index"], heatmap=npy(e, "heatmap.npy"), image_before=npy(e, "image_before.npy"),
-                          image_after=npy(e, "image.npy"), source=e["source"], note=e.get("note", ""),
-                          stats={k: (float("nan") if v is None else v) for k, v in e["stats"].items()},
-                          update=e["update"], seconds=e["seconds"])
-            for e in m["rounds"]
-        ]
-        initial = npy(m["initial"], "image.npy")
-        adapter = load_file(str(folder / m["rounds"][-1]["folder"] / "adapter.safetensors")) if rounds else None
-        restore = {"rounds": rounds, "initial_image": initial, "adapter": adapter}
-        s = cls(pipe, m["prompt"], m["seed"], folder, config, progress, _restore=restore)
+            fp = base_fingerprint(pipe.unet)
+            if fp != m["base_fingerprint"]:
+                raise SessionError(
+                    f"session {str(folder)!r} was made with another base model (fingerprint {m['base_fingerprint']}, this pipe "
+                    f"has {fp}); load it with the pipeline it was made with"
+                )
+            config = RefineConfig.from_dict({**m["config"], "lora_targets": tuple(m["lora"]["target_modules"])})
+            config.lora_rank = m["lora"]["rank"]
+            rounds = [
+                FeedbackRound(index=r.index, heatmap=r.arrays["heatmap"], image_before=r.arrays["image_before"],
+                              image_after=r.arrays["image"], source=r.info["source"], note=r.info.get("note", ""),
+                              stats={k: (float("nan") if v is None else v) for k, v in r.info["stats"].items()},
+                              update=r.info["update"], seconds=r.info["seconds"])
+                for r in saved.rounds
+            ]
+            prompt, seed = m["prompt"], m["seed"]
+        except (KeyError, TypeError, IndexError, AttributeError) as e:
+            raise SessionError(f"{str(store.manifest_path)!r} is incomplete or malformed ({type(e).__name__}: {e}); "
+                               "the session cannot be read") from e
+        restore = {"rounds": rounds, "initial_image": saved.initial["image"], "adapter": saved.adapter, "store": store}
+        s = cls(pipe, prompt, seed, folder, config, progress, _restore=restore)
         if check_image:
-            want = rounds[-1].image_after if rounds else initial
+            want = rounds[-1].image_after if rounds else saved.initial["image"]
             got = s.image.numpy()
             if np.abs(got - want).max() > 1e-3:
                 raise SessionError(

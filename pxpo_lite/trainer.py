@@ -46,16 +46,19 @@ from typing import Callable, Sequence
 import torch
 from accelerate import Accelerator
 
+from . import keep as keep_lib
 from . import rewards as rewards_mod
 from .advantages import PerPromptStatTracker, clip_advantages
+from .checkpoint import check_save_target
 from .config_checks import check_number, check_positive_int
 from .pixelwise import to_sample_grid
+from .regions import MultiChannelReward
 from .sampling import Trajectory, sample
-from .update import TrainingError, policy_gradient_step, summarise, trainable_steps
+from .trainer_checkpoint import TRAINER_KIND as CHECKPOINT_KIND, load_trainer_checkpoint, save_trainer_checkpoint
+from .update import Keep, TrainingError, policy_gradient_step, summarise, trainable_steps
 
 __all__ = ["CHECKPOINT_KIND", "TrainConfig", "Trainer", "TrainingError", "check_config"]
 
-CHECKPOINT_KIND = "pxpo-lite-trainer"
 
 #: Fields that older versions of TrainConfig had; ``from_dict`` ignores them (old checkpoints load).
 REMOVED_FIELDS = ("skip_deterministic_steps",)
@@ -82,6 +85,7 @@ class TrainConfig:
     adam_eps: float = 1e-8  # AdamW epsilon
     max_grad_norm: float | None = 1.0  # clip the gradient norm to this (None: no clipping)
     adv_clip_max: float | None = 5.0  # clip advantages to ±this (None: no clipping)
+    keep_beta: float = 0.0  # β of the per-pixel keep term β·mean(w·KL(π_θ‖π_ref)) (update.Keep); 0: off (no extra forward)
     per_prompt_stats: bool = True  # per-prompt reward statistics (False: batch statistics every epoch)
     stat_buffer_size: int = 16  # rewards (or maps) kept per prompt
     stat_min_count: int = 16  # rewards a prompt needs before its own statistics are used
@@ -136,6 +140,7 @@ def check_config(config: TrainConfig, num_processes: int = 1) -> None:
     check_number("learning_rate", c.learning_rate, above=0, optional=True)
     check_number("max_grad_norm", c.max_grad_norm, above=0, optional=True)
     check_number("adv_clip_max", c.adv_clip_max, above=0, optional=True)
+    check_number("keep_beta", c.keep_beta, at_least=0)
     check_number("adam_weight_decay", c.adam_weight_decay, at_least=0)
     check_number("adam_eps", c.adam_eps, above=0)
     check_number("lora_alpha", c.lora_alpha, above=0, optional=True)
@@ -184,6 +189,10 @@ class Trainer:
         prompts: the prompts to train on (each sample draws one uniformly), or a function
             ``(n, generator) -> list of n prompts``. Default: every prompt of the world.
         accelerator: an ``accelerate.Accelerator`` (default: a new one from the config).
+        keep_weights: with ``config.keep_beta`` > 0, ``fn(images, prompts) -> (B,H,W)`` keep maps
+            (≥ 0; 1 = keep, 0 = free; ``keep.keep_weights_from_fn``) for each epoch's samples;
+            None: w ≡ 1 (the global KL). The reference is the base model (LoRA adapters off, or a
+            frozen copy of the full UNet made here).
 
     ``train(epochs, callback)`` returns ``self.metrics``, a list with one plain dict per epoch.
 
@@ -195,9 +204,13 @@ class Trainer:
     not time).
     """
 
-    def __init__(self, pipe, reward_fn, config: TrainConfig | None = None, prompts=None, accelerator=None):
+    def __init__(self, pipe, reward_fn, config: TrainConfig | None = None, prompts=None, accelerator=None, keep_weights=None):
         self.config = config = config if config is not None else TrainConfig()
         check_config(config, 1 if accelerator is None else accelerator.num_processes)  # before anything is built
+        if keep_weights is not None and (not callable(keep_weights) or config.keep_beta == 0):
+            raise ValueError(f"keep_weights must be a function (images, prompts) -> (B,H,W) used with TrainConfig.keep_beta > 0; "
+                             f"got {type(keep_weights).__name__} with keep_beta={config.keep_beta!r}")
+        self.keep_weights = keep_weights
         self.steps = trainable_steps(pipe, config.num_steps, config.eta)  # indices with σ_t > 0 (ValueError if none)
         if accelerator is None:
             kwargs = {"mixed_precision": config.mixed_precision}
@@ -238,6 +251,8 @@ class Trainer:
             self.lora_config = None
             unet.requires_grad_(True)
             self.params = [p for p in unet.parameters() if p.requires_grad]
+        # the keep term's reference: LoRA -> the same UNet with adapters off; full UNet -> a frozen copy, made once, now
+        self.reference_unet = keep_lib.frozen_copy(unet) if config.keep_beta > 0 and not self.use_lora else None
         lr = config.learning_rate if config.learning_rate is not None else (3e-4 if self.use_lora else 1e-4)
         optimizer = torch.optim.AdamW(
             self.params, lr=lr, betas=tuple(config.adam_betas), weight_decay=config.adam_weight_decay, eps=config.adam_eps
@@ -316,15 +331,29 @@ class Trainer:
             adv = to_sample_grid(adv, sample_grid)  # (B,H,W) image resolution -> (B,h,w) sample grid (identity if equal)
         return adv
 
+    def _channel_means(self) -> dict:
+        """``{"reward/<channel>": mean}`` over all processes' last batch when the reward is a
+        :class:`~pxpo_lite.regions.MultiChannelReward` (each channel unweighted); else ``{}``."""
+        if not isinstance(self.reward_fn, MultiChannelReward):
+            return {}
+        acc, out = self.accelerator, {}
+        for name, m in self.reward_fn.last_means.items():
+            m = acc.gather(m.to(acc.device).contiguous()).cpu() if acc.num_processes > 1 else m.cpu()
+            out[f"reward/{name}"] = float(m.mean())
+        return out
+
     def trainable_steps(self, traj: Trajectory) -> list[int]:
         """Indices of ``traj``'s steps with σ_t > 0 (the ones trained)."""
         return trainable_steps(self.pipe, traj.num_steps, traj.eta)
 
     # -- step 4: optimise on one batch of trajectories ------------------------------------------
-    def optimise(self, traj: Trajectory, advantages: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+    def optimise(self, traj: Trajectory, advantages: torch.Tensor, generator: torch.Generator | None = None,
+                 keep_weights: torch.Tensor | None = None) -> dict:
         """``inner_epochs`` passes of optimiser steps on ``traj`` with fixed ``advantages`` ((B,) DDPO,
-        (B,h,w) PXPO); returns the diagnostics averaged over every (micro-batch, timestep) pair."""
+        (B,h,w) PXPO) and, with ``keep_beta`` > 0, the keep term (``keep_weights`` (B,h,w) or None);
+        returns the diagnostics averaged over every (micro-batch, timestep) pair."""
         c, acc = self.config, self.accelerator
+        keep = Keep(c.keep_beta, keep_weights, self.reference_unet) if c.keep_beta > 0 else None
         g = generator if generator is not None else _gen(c.seed, self.epoch, acc.process_index, "update")
         steps = self.trainable_steps(traj)
         n_t = max(1, round(len(steps) * c.timestep_fraction))
@@ -338,7 +367,7 @@ class Trainer:
                 where = f" on process {acc.process_index}" if acc.num_processes > 1 else ""
                 res = policy_gradient_step(self.pipe, traj, advantages.to(acc.device), pairs, self.optimizer, self.params,
                                            method=c.method, clip_range=c.clip_range, max_grad_norm=c.max_grad_norm,
-                                           accelerator=acc, where=f"{where}, epoch {self.epoch}")
+                                           accelerator=acc, keep=keep, where=f"{where}, epoch {self.epoch}")
                 infos += res.infos
                 norms.append(res.grad_norm)
                 self.global_step += 1
@@ -355,8 +384,11 @@ class Trainer:
         t1 = time.perf_counter()
         # 3. advantages, normalised over all processes: (B,) DDPO | (B,h,w) PXPO on the sample grid
         adv = self.compute_advantages(traj.prompts, rewards, tuple(traj.latents.shape[-2:]))
-        # 4. optimise: inner epochs × micro-batches × random stochastic timesteps
-        info = self.optimise(traj, adv, _gen(c.seed, self.epoch, acc.process_index, "update"))
+        channels = self._channel_means()  # per-channel rewards of a MultiChannelReward, before anything else calls it
+        keep_w = (keep_lib.keep_weights_from_fn(self.keep_weights, traj.images, traj.prompts, tuple(traj.latents.shape[-2:]))
+                  if self.keep_weights is not None else None)
+        # 4. optimise: inner epochs × micro-batches × random stochastic timesteps (+ the keep term)
+        info = self.optimise(traj, adv, _gen(c.seed, self.epoch, acc.process_index, "update"), keep_w)
         t2 = time.perf_counter()
         # 5. log (rewards of all processes)
         image_r = rewards.mean(dim=(1, 2)) if rewards.ndim == 3 else rewards  # (B,)
@@ -370,6 +402,7 @@ class Trainer:
             "reward_min": float(all_r.min()),
             "reward_max": float(all_r.max()),
             "advantage_abs_mean": float(adv.abs().mean()),
+            **channels,
             **info,
             "sample_s": t1 - t0,
             "train_s": t2 - t1,
@@ -392,6 +425,8 @@ class Trainer:
             raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be a function (record, trainer) -> None or None, got {type(callback).__name__}")
+        if checkpoint_dir is not None:
+            check_save_target(checkpoint_dir)  # a refused folder fails now, not after an epoch of work
         bar = tqdm(range(epochs), desc=f"{self.config.method} epochs", disable=not (self.config.progress and self.accelerator.is_main_process))
         for _ in bar:
             rec = self.train_epoch()
@@ -427,57 +462,16 @@ class Trainer:
             )
 
     def save_checkpoint(self, path) -> Path:
-        """Save model, optimiser, stat tracker, metrics, epoch and RNG to the folder ``path`` (main process writes)."""
-        from .checkpoint import save_checkpoint
-
-        acc = self.accelerator
-        path = Path(path)
-        acc.wait_for_everyone()  # every process arrives; no collective inside the main-only branch
-        if acc.is_main_process:
-            meta, tracker_tensors = self.tracker.state_dict() if self.tracker is not None else (None, {})
-            extra = {**tracker_tensors, "rng.torch_cpu": torch.get_rng_state()}
-            state = {
-                "kind": CHECKPOINT_KIND,
-                "epoch": self.epoch,
-                "global_step": self.global_step,
-                "config": self.config.to_dict(),
-                "use_lora": self.use_lora,
-                "lora_config": None if self.lora_config is None else {k: v for k, v in self.lora_config.to_dict().items() if k in ("r", "lora_alpha", "target_modules")},
-                "tracker": meta,
-                "metrics": self.metrics,
-                "num_processes": acc.num_processes,
-            }
-            if state["lora_config"] is not None and state["lora_config"].get("target_modules") is not None:
-                state["lora_config"]["target_modules"] = sorted(state["lora_config"]["target_modules"])
-            save_checkpoint(path, self.model_state_dict(), state, self.optimizer.state_dict(), extra)
-        acc.wait_for_everyone()
-        return path
+        """Save model, optimiser, stat tracker, metrics, epoch, RNG, full config and base-model fingerprint
+        to the folder ``path`` (main process writes; a folder of other files is refused) —
+        :func:`pxpo_lite.trainer_checkpoint.save_trainer_checkpoint`."""
+        return save_trainer_checkpoint(self, path)
 
     def load_checkpoint(self, path) -> "Trainer":
-        """Restore model, optimiser, stat tracker, metrics, epoch and RNG from ``path`` (to resume)."""
-        from .checkpoint import CheckpointError, load_checkpoint
-
-        ck = load_checkpoint(path, map_location="cpu")
-        st = ck.state
-        if st.get("kind") != CHECKPOINT_KIND:
-            raise CheckpointError(f"checkpoint {str(path)!r} was not written by Trainer (kind {st.get('kind')!r})")
-        if st["use_lora"] != self.use_lora or st["config"]["method"] != self.config.method:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} is for method={st['config']['method']!r}, use_lora={st['use_lora']}, "
-                f"but this trainer has method={self.config.method!r}, use_lora={self.use_lora}; use the same config"
-            )
-        self.load_model_state_dict(ck.model)
-        if ck.optimizer is not None:
-            try:
-                self.optimizer.load_state_dict(ck.optimizer)
-            except (ValueError, KeyError) as e:
-                raise CheckpointError(f"checkpoint {str(path)!r}: optimiser state does not fit this model ({e})") from e
-        if self.tracker is not None and st.get("tracker") is not None:
-            self.tracker.load_state_dict(st["tracker"], ck.extra)
-        if "rng.torch_cpu" in ck.extra:
-            torch.set_rng_state(ck.extra["rng.torch_cpu"])
-        self.epoch, self.global_step, self.metrics = st["epoch"], st["global_step"], list(st["metrics"])
-        return self
+        """Restore everything :meth:`save_checkpoint` saved (to resume exactly); a config change that
+        alters what the checkpoint means raises, a harmless one warns —
+        :func:`pxpo_lite.trainer_checkpoint.load_trainer_checkpoint`."""
+        return load_trainer_checkpoint(self, path)
 
     def save_lora(self, path) -> Path:
         """Save only the LoRA adapters (peft format) — load with :func:`pxpo_lite.lora.load_lora`."""
