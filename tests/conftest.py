@@ -3,7 +3,8 @@
 ``executed_notebook("00_tour.ipynb")`` runs a notebook once per test session with papermill in
 smoke mode (SMOKE=True) on the project's kernel and returns ``(path, results)``: the executed
 copy (kept under ``test-artifacts/notebooks/`` so its figures can be looked at) and the values
-it recorded with ``pxpo_lite.results.record``. A failing cell fails the test with the cell's
+it recorded with ``pxpo_lite.results.record``. Wall times go to ``test-artifacts/notebooks/timings.json``
+keyed ``"<notebook>|smoke"`` or ``"<notebook>|full"`` (the notebook headers quote the smoke ones). A failing cell fails the test with the cell's
 error.
 """
 from __future__ import annotations
@@ -70,7 +71,9 @@ def run_notebook(name: str, parameters: dict | None = None, timeout: int = 600):
     import json
 
     data = json.loads(timings.read_text()) if timings.exists() else {}
-    data[name] = round(seconds, 1)
+    mode = "smoke" if params.get("SMOKE") else "full"
+    data.pop(name, None)  # the old key (notebook name only) mixed smoke and full runs
+    data[f"{name}|{mode}"] = round(seconds, 1)
     timings.write_text(json.dumps(data, indent=2))
     _CACHE[key] = (out, read_results(out), seconds)
     return _CACHE[key]

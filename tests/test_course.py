@@ -2,15 +2,17 @@
 and the grader (python -m pxpo_lite.grade).
 
 Unit tests run the checks on correct and deliberately wrong implementations; the notebook tests
-(smoke mode, notebooks 01, 01b and 03 only) check that the instructor versions pass every check,
+(smoke mode: every notebook for the instructor version, the fast ones as students) check that the instructor versions pass every check,
 the student versions run top to bottom with every check "not done", a student notebook with the
 solutions pasted back grades 100 %, and a wrong solution is reported failed with a hint.
 """
 from __future__ import annotations
 
 import importlib.util
+import base64
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +27,20 @@ from pxpo_lite import checks, ddim, lora
 from pxpo_lite.grade import expected_exercises, grade_notebook, read_outcomes
 
 ROOT = Path(__file__).resolve().parents[1]
-COURSE_NOTEBOOKS = ["01_denoising_as_an_mdp.ipynb", "01b_rl_from_zero.ipynb", "03_pixelwise_logprobs.ipynb"]
 EXERCISES = {
+    "00_tour.ipynb": ["blueness"],
     "01_denoising_as_an_mdp.ipynb": ["ddim_step_log_prob"],
     "01b_rl_from_zero.ipynb": ["reinforce_estimator", "ppo_clip_loss"],
+    "02_ddpo.ipynb": ["prompt_advantages"],
     "03_pixelwise_logprobs.ipynb": ["per_pixel_log_prob", "kronecker_credit"],
+    "04_pxpo_colour_feedback.ipynb": ["pixel_advantages", "pxpo_loss", "gaussian_kl"],
+    "05_pxpo_segmentation_feedback.ipynb": ["hair_reward_map"],
+    "06_human_feedback_canvas.ipynb": ["heatmap_to_advantages", "lora_param_count"],
+    "07_ddpo_vs_pxpo.ipynb": ["effect_size"],
+    "08_stable_diffusion.ipynb": ["latent_grid"],
 }
+COURSE_NOTEBOOKS = sorted(EXERCISES)
+STUDENT_RUN = ["01b_rl_from_zero.ipynb", "06_human_feedback_canvas.ipynb", "08_stable_diffusion.ipynb"]  # the fast ones
 
 
 def _load_make_student():
@@ -56,8 +66,8 @@ def ddim_ok(scheduler, model_output, t, x_t, x_prev, eta, floor=True):
     else:
         eps, x0 = model_output, (x_t - (1 - a_t).sqrt() * model_output) / a_t.sqrt()
     sigma = eta * ((1 - a_p) / (1 - a_t)).sqrt() * (1 - a_t / a_p).sqrt()
-    mu = a_p.sqrt() * x0 + (1 - a_p - sigma**2).sqrt() * eps
-    s = sigma.clamp(min=ddim.SIGMA_MIN) if floor else sigma
+    mu = a_p.sqrt() * x0 + (1 - a_p - sigma**2).clamp(min=0).sqrt() * eps
+    s = torch.where(sigma > 0, sigma, torch.tensor(ddim.SIGMA_MIN)) if floor else sigma  # the floor only where σ_t = 0
     return -(x_prev - mu) ** 2 / (2 * s**2) - s.log() - 0.5 * math.log(2 * math.pi)
 
 
@@ -92,6 +102,19 @@ def heat_ok(heatmap, sample_size, scale=1.0):
     return F.adaptive_avg_pool2d(torch.as_tensor(heatmap)[None, None] * scale, sample_size)[0]
 
 
+def blue_ok(images):
+    r, g, b = images.unbind(1)
+    return (b - torch.maximum(r, g)).clamp(0, 1)
+
+
+def prompt_adv_ok(rewards, prompts, clip_max=5.0):
+    out = torch.zeros_like(rewards)
+    for p in set(prompts):
+        idx = torch.tensor([i for i, q in enumerate(prompts) if q == p])
+        out[idx] = (rewards[idx] - rewards[idx].mean()) / (rewards[idx].std(unbiased=False) + 1e-6)
+    return out.clamp(-clip_max, clip_max)
+
+
 def lora_count_ok(model, rank, target_modules):
     mods, n = dict(model.named_modules()), 0
     for name in lora.matching_modules(model, target_modules):
@@ -113,6 +136,12 @@ CORRECT = [
     (checks.check_pxpo_loss, pxpo_ok),
     (checks.check_heatmap_to_advantages, heat_ok),
     (checks.check_lora_param_count, lora_count_ok),
+    (checks.check_blueness, blue_ok),
+    (checks.check_prompt_advantages, prompt_adv_ok),
+    (checks.check_gaussian_kl, lambda m, r, s: (m - r) ** 2 / (2 * s**2)),
+    (checks.check_hair_reward_map, lambda lg: -lg.softmax(1)[:, 2]),
+    (checks.check_effect_size, lambda b, a: (a.mean() - b.mean()) / b.std(unbiased=False)),
+    (checks.check_latent_grid, lambda m, f: F.avg_pool2d(m[:, None], f)[:, 0]),
 ]
 
 
@@ -175,6 +204,17 @@ def test_typical_mistakes_get_specific_hints():
                  lambda m, r, t: sum(dict(m.named_modules())[n].weight.numel() for n in lora.matching_modules(m, t)), "full weights")
     msg = _failed_with(checks.check_lora_param_count, lambda m, r, t: 2 * lora_count_ok(m, r, t), "factor 2")
     assert "rank" in msg  # names the failing case
+
+
+def test_new_checks_name_the_typical_mistakes():
+    _failed_with(checks.check_blueness, lambda im: im[:, 2] - torch.maximum(im[:, 0], im[:, 1]), "clipped")
+    _failed_with(checks.check_prompt_advantages,
+                 lambda r, p, c=5.0: ((r - r.mean()) / (r.std(unbiased=False) + 1e-6)).clamp(-c, c), "each prompt")
+    _failed_with(checks.check_gaussian_kl, lambda m, r, s: (m - r) ** 2 / (2 * s), "2σ²")
+    _failed_with(checks.check_gaussian_kl, lambda m, r, s: ((m - r) ** 2 / (2 * s**2)).detach(), "not differentiable")
+    _failed_with(checks.check_hair_reward_map, lambda lg: lg.softmax(1)[:, 2], "negative")
+    _failed_with(checks.check_effect_size, lambda b, a: (a.mean() - b.mean()) / a.std(unbiased=False), "std *after*")
+    _failed_with(checks.check_latent_grid, lambda m, f: F.max_pool2d(m[:, None], f)[:, 0], "maximum")
 
 
 def test_an_error_in_the_learners_code_is_reported_not_raised():
@@ -250,6 +290,19 @@ def test_student_version_has_stubs_no_solutions_no_answers(name):
     assert expected_exercises(ROOT / "notebooks" / name) == EXERCISES[name]
 
 
+@pytest.mark.parametrize("name", COURSE_NOTEBOOKS)
+def test_every_notebook_ends_with_think_questions_and_records_in_one_cell(name):
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    text = "\n".join(c.source for c in nb.cells)
+    assert "### Think!" in text, "a summary with Think! questions before the results cell"
+    assert sum("answer" in c.metadata.get("tags", []) for c in nb.cells) >= 3, "answers (instructor version) to >= 3 questions"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[-1].source.startswith("# Results of this notebook"), "one final recording cell"
+    calls = [i for i, c in enumerate(code[:-1]) if re.search(r"(?<![\w.])record\(", c.source)]
+    assert not calls, f"record(...) in learner-facing cells {calls}: put the value in RESULTS"
+    assert "**Runtime (measured)**" in nb.cells[0].source and "Expected runtime" not in nb.cells[0].source
+
+
 def test_make_student_command_writes_the_folder(tmp_path):
     paths = [str(ROOT / "notebooks" / n) for n in COURSE_NOTEBOOKS]
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_student.py"), *paths, "--out", str(tmp_path)],
@@ -289,7 +342,7 @@ def test_instructor_version_passes_every_check(name, executed_notebook):
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("name", COURSE_NOTEBOOKS)
+@pytest.mark.parametrize("name", STUDENT_RUN)
 def test_student_version_runs_with_every_check_not_done(name, tmp_path):
     report = grade_notebook(_student(name, tmp_path / "student"), tmp_path / "executed")
     assert report["error"] is None, report["error"]
@@ -320,3 +373,18 @@ def test_a_wrong_solution_is_reported_failed_with_a_hint(tmp_path):
     assert ex["reinforce_estimator"]["status"] == checks.FAILED and "sign" in ex["reinforce_estimator"]["message"]
     assert ex["ppo_clip_loss"]["status"] == checks.PASSED
     assert report["score"] == 0.5 and report["error"] is None  # the notebook went on with the reference
+
+
+def test_run_notebooks_exports_every_figure(tmp_path):
+    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "scripts" / "run_notebooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    png = base64.b64encode(b"\x89PNG fake").decode()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("plot()"), nbformat.v4.new_code_cell("x")])
+    nb.cells[0].outputs = [nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"}),
+                           nbformat.v4.new_output("display_data", data={"image/png": png})]
+    path = tmp_path / "07_x.ipynb"
+    nbformat.write(nb, path)
+    written = mod.export_figures(path, tmp_path / "figures")
+    assert [p.name for p in written] == ["07_x-00-0.png", "07_x-00-1.png"]
+    assert written[0].read_bytes() == b"\x89PNG fake"
