@@ -48,7 +48,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return extract_model_from_parallel(model)
 
 
-_unwrap = unwrap  # old name, kept while pxpo_lite.feedback still uses it
 
 
 def matching_modules(model: torch.nn.Module, target_modules: Sequence[str]) -> list[str]:

@@ -67,7 +67,6 @@ HELDOUT_WORLD_SEED = 10**9
 ``data_seed * 10_000_000 + step``, far below. Evaluation of the shipped models draws its images
 and prompts from here. Not a noise seed: experiments seed their sampling noise separately."""
 
-EVAL_SEED = HELDOUT_WORLD_SEED  # old name, kept while pxpo_lite.evaluate still imports it
 
 
 def library_versions() -> dict:
