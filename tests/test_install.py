@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -141,12 +142,19 @@ def test_wheel_and_sdist_hold_everything_notebooks_read(dist):
 # ---------------------------------------------------------------- venvs (slow)
 
 
+@pytest.fixture
+def scratch_venv(tmp_path):
+    """A path for a throw-away venv (about 1 GB with torch), removed after the test."""
+    yield tmp_path / "venv"
+    shutil.rmtree(tmp_path / "venv", ignore_errors=True)
+
+
 @pytest.mark.install
 @pytest.mark.slow
-def test_wheel_install_runs_notebooks_without_the_source_tree(dist, tmp_path):
+def test_wheel_install_runs_notebooks_without_the_source_tree(dist, tmp_path, scratch_venv):
     _, wheel, dist_phases = dist
     timer = make_venv.Timer("wheel")
-    venv = tmp_path / "venv"
+    venv = scratch_venv
     try:
         make_venv.new_venv(venv, timer)
         make_venv.install_wheel(venv, wheel, timer, deps=True)
