@@ -17,8 +17,8 @@ printed, and ``--json`` writes ``{"notebooks": {name: {"exercises": {...}, "scor
 "error": ...}}, "passed": n, "total": n, "score": ...}``. The exit status is 0 even when
 exercises fail (it is a report), 2 when a notebook cannot be read.
 
-The student versions come from ``scripts/make_student.py``; the exercises are introduced in
-notebooks 01, 01b and 03 (see ``pxpo_lite.checks``).
+The student versions come from ``scripts/make_student.py``; every notebook (00–08, 01b) has
+exercises (the list is in ``pxpo_lite.checks``).
 """
 from __future__ import annotations
 
