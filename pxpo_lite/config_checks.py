@@ -32,3 +32,9 @@ def check_positive_int(name: str, value) -> None:
     """Raise ValueError unless ``value`` is an int >= 1 (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def check_bool(name: str, value) -> None:
+    """Raise ValueError unless ``value`` is True or False (not 0/1, not a str)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")

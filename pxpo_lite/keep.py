@@ -137,6 +137,19 @@ def keep_weights_from_mask(mask, sample_size, outside: float = 1.0) -> torch.Ten
     return to_sample_grid(_check_outside(outside) * (1 - m), sample_size)
 
 
+def keep_weights_from_fn(fn, images: torch.Tensor, prompts, sample_size) -> torch.Tensor:
+    """Per-sample keep weights (B,h,w) from ``fn(images, prompts) -> (B,H,W)`` (≥ 0, at image
+    resolution; e.g. ``lambda im, p: 1 - regions.region_mask("shirt", im)``), area-averaged to ``sample_size``."""
+    w = fn(images, prompts)
+    if not isinstance(w, torch.Tensor) or w.ndim != 3 or w.shape[0] != len(images) or w.shape[1:] != images.shape[-2:]:
+        got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+        raise ValueError(f"keep_weights returned {got}; it must return a tensor "
+                         f"({len(images)}, {images.shape[-2]}, {images.shape[-1]}): one keep map per image, at image resolution")
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError("keep_weights returned values that are NaN/inf or < 0; keep weights are >= 0 (1 = keep, 0 = free)")
+    return to_sample_grid(w.detach().float(), sample_size)
+
+
 class KeepTerm(NamedTuple):
     """``term``: β·mean(w·KL), 0-d with grad; ``kl``: (B,C,h,w) per-element KL (detached);
     ``stats``: floats — ``kl`` (plain mean), ``kl_kept`` (w-weighted mean where w > 0),

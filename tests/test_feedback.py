@@ -289,3 +289,58 @@ def test_missing_half_written_and_foreign_folders_fail_clearly(pipe, tmp_path):
     s2 = FeedbackSession(pipe, PROMPT, seed=6, folder=folder, config=RefineConfig(**CFG), overwrite=True)
     assert FeedbackSession.load(folder, pipe).seed == 6 and s2.rounds == []
     assert (folder / "notes.txt").read_text() == "mine" and not (folder / "round_001").exists()
+
+
+# -- the keep term in refinement ----------------------------------------------------------------
+@pytest.mark.parametrize("field, value, words", [
+    ("keep_beta", -1.0, "RefineConfig.keep_beta must be a finite number >= 0, got -1.0"),
+    ("keep_beta", float("nan"), "RefineConfig.keep_beta"),
+    ("keep_beta", True, "RefineConfig.keep_beta"),
+    ("keep_liked", 1, "RefineConfig.keep_liked must be True or False, got 1"),
+])
+def test_refine_config_checks_the_keep_fields(field, value, words):
+    with pytest.raises(ValueError, match=words):
+        RefineConfig(**{field: value})
+
+
+def test_sessions_saved_before_the_keep_term_continue_without_it():
+    assert RefineConfig.from_dict({"num_steps": 4}).keep_beta == 0.0
+    assert RefineConfig.from_dict({"num_steps": 4, "keep_beta": 3.0}).keep_beta == 3.0
+    assert RefineConfig().keep_beta > 0 and RefineConfig().keep_liked is True
+
+
+def test_keep_term_round_one_is_bit_for_bit_the_plain_update_then_reports_its_kl(pipe):
+    heat = _maps()[0]
+    plain = FeedbackSession(pipe, PROMPT, seed=3, config=RefineConfig(**CFG, keep_beta=0.0))
+    kept = FeedbackSession(pipe, PROMPT, seed=3, config=RefineConfig(**CFG, keep_beta=10.0))
+    r0, r1 = plain.step(heat, source="synthetic"), kept.step(heat, source="synthetic")
+    # one update from θ = θ_ref (fresh adapters): the keep term and its gradient are exactly 0
+    assert np.array_equal(r0.image_after, r1.image_after)
+    assert "keep_kl_last" not in r0.update
+    assert r1.update["keep_kl_last"] == r1.update["keep_kl_kept_last"] == r1.update["keep_kl_free_last"] == 0.0
+    r2 = kept.step(heat, source="synthetic")  # θ ≠ θ_ref now: the term is on
+    assert r2.update["keep_kl_last"] > 0 and r2.update["keep_kl_free_last"] > 0
+    json.dumps(r2.update)  # NaN-free: saved in the manifest
+
+
+def test_keep_weights_reach_the_update_from_the_painted_map(pipe, monkeypatch):
+    seen = []
+    orig = update_mod.policy_gradient_step
+
+    def spy(*a, keep=None, **k):
+        seen.append(keep)
+        return orig(*a, keep=keep, **k)
+
+    monkeypatch.setattr("pxpo_lite.feedback.policy_gradient_step", spy)
+    heat = _maps()[0]
+    for keep_liked in (True, False):
+        s = FeedbackSession(pipe, PROMPT, seed=3, config=RefineConfig(**CFG, keep_beta=2.0, keep_liked=keep_liked))
+        s.step(heat, source="synthetic")
+        k = seen[-1]
+        assert k.beta == 2.0 and k.weights.shape == (1, 32, 32)
+        w = k.weights[0].numpy()
+        np.testing.assert_allclose(w[heat == 0], 1.0)
+        np.testing.assert_allclose(w[heat == -1], 0.0)
+        np.testing.assert_allclose(w[heat == 1], 1.0 if keep_liked else 0.0)
+    FeedbackSession(pipe, PROMPT, seed=3, config=RefineConfig(**CFG, keep_beta=0.0)).step(heat, source="synthetic")
+    assert seen[-1] is None  # β = 0: no keep term, no reference forward

@@ -1,6 +1,8 @@
 """The per-pixel keep term (pxpo_lite.keep): the closed-form KL, its weights, μ_ref from the reference."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -222,3 +224,50 @@ def test_step_means_rejects_bad_arguments(traj):
         keep.step_means(pipe, traj, 0, reference_unet=pipe.unet)
     with pytest.raises(TypeError, match="traj must be"):
         keep.step_means(pipe, {"latents": None}, 0)
+
+
+# ---------------------------------------------------------------------------- the keep term in the Trainer
+def _trainer(beta, keep_weights=None, use_lora=False, samples=2):
+    import copy
+
+    from pxpo_lite.models import build_tiny_pipeline
+    from pxpo_lite.trainer import TrainConfig, Trainer
+
+    torch.set_num_threads(1)
+    cfg = TrainConfig(method="pxpo", num_steps=3, samples_per_epoch=samples, sample_batch_size=2, train_batch_size=2,
+                      keep_beta=beta, use_lora=use_lora, learning_rate=1e-3, progress=False)
+    return Trainer(copy.deepcopy(build_tiny_pipeline(0)), pxpo_lite.rewards.colour_reward_map, cfg,
+                   prompts=PROMPTS, keep_weights=keep_weights)
+
+
+def test_trainer_keep_term_first_step_is_the_plain_one_and_is_reported():
+    plain, kept = _trainer(0.0), _trainer(10.0)
+    assert plain.reference_unet is None and kept.reference_unet is not None  # full UNet: a frozen copy, made once
+    r0, r1 = plain.train(1)[-1], kept.train(1)[-1]
+    assert r1["optimizer_steps"] == 1 and "keep_kl" not in r0
+    for a, b in zip(plain.params, kept.params):
+        assert torch.equal(a, b)  # θ = θ_ref at the first step: bit for bit the update without the term
+    assert r1["keep_kl"] == r1["keep_kl_kept"] == r1["keep_term"] == 0.0 and math.isnan(r1["keep_kl_free"])
+    r2 = kept.train(1)[-1]
+    assert r2["keep_kl"] > 0 and r2["keep_term"] == pytest.approx(10 * r2["keep_kl"], rel=1e-5)
+
+
+def test_trainer_keep_weights_per_sample_and_lora_reference():
+    def top_free(images, prompts):  # the top half of each image is free to change, the rest kept
+        w = torch.ones(len(images), *images.shape[-2:])
+        w[:, :16] = 0
+        return w
+
+    tr = _trainer(5.0, keep_weights=top_free, use_lora=True, samples=4)
+    assert tr.reference_unet is None  # LoRA: the reference is the UNet with its adapters off
+    tr.train(1)
+    rec = tr.train(1)[-1]
+    assert rec["keep_kl_free"] > 0 and rec["keep_kl_kept"] > 0
+    assert rec["keep_kl"] == pytest.approx((rec["keep_kl_free"] + rec["keep_kl_kept"]) / 2, rel=1e-4)
+    with pytest.raises(ValueError, match="keep_weights must be a function .*keep_beta > 0.*keep_beta=0.0"):
+        _trainer(0.0, keep_weights=top_free)
+    with pytest.raises(ValueError, match="keep_beta must be a finite number >= 0"):
+        _trainer(-1.0)
+    bad = _trainer(1.0, keep_weights=lambda im, p: torch.ones(len(im), 8, 8))
+    with pytest.raises(ValueError, match=r"keep_weights returned \(2, 8, 8\).*\(2, 32, 32\)"):
+        bad.train(1)

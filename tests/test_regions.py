@@ -155,3 +155,34 @@ def test_multi_channel_reward_rejects_bad_channels(portraits):
         regions.painted(np.zeros((8, 8)))(portraits.images)
     with pytest.raises(ValueError, match=r"in \[-1, 1\]"):
         regions.painted(np.full((32, 32), 3.0))
+
+
+def test_trainer_reports_each_channel_of_a_multi_channel_reward():
+    import copy
+
+    from pxpo_lite.models import build_tiny_pipeline
+    from pxpo_lite.trainer import TrainConfig, Trainer
+
+    torch.set_num_threads(1)
+    calls = []
+    heat = np.zeros((32, 32), np.float32)
+    heat[:8] = 1.0
+
+    def hair(images, prompts=None):
+        calls.append(len(images))
+        return rewards.hair_reward_map(images)
+
+    mc = regions.MultiChannelReward({"colour": (rewards.colour_reward_map, 1.0), "hair": (hair, 0.5),
+                                     "painted": (regions.painted(heat), 2.0)})
+    cfg = TrainConfig(method="pxpo", num_steps=3, samples_per_epoch=4, sample_batch_size=2, train_batch_size=4, progress=False)
+    tr = Trainer(copy.deepcopy(build_tiny_pipeline(0)), mc, cfg, prompts=[world.all_prompts()[1]])
+    rec = tr.train(1)[-1]
+    assert calls == [4]  # one reward call per epoch: the report is of the samples trained on
+    assert [k for k in rec if k.startswith("reward/")] == ["reward/colour", "reward/hair", "reward/painted"]
+    assert rec["reward/painted"] == pytest.approx(0.25)
+    for name, value in mc.channel_means().items():
+        assert rec[f"reward/{name}"] == pytest.approx(value)
+    total = rec["reward/colour"] + 0.5 * rec["reward/hair"] + 2.0 * rec["reward/painted"]
+    assert rec["reward_mean"] == pytest.approx(total, rel=1e-5)
+    plain = Trainer(copy.deepcopy(build_tiny_pipeline(0)), rewards.colour_reward_map, cfg, prompts=[world.all_prompts()[1]])
+    assert not any(k.startswith("reward/") for k in plain.train(1)[-1])
