@@ -8,9 +8,10 @@ steps, train batch 8, full UNet) and the tiny Stable Diffusion pipeline built in
 1. **Profile**: one epoch under ``torch.profiler``; the top operators by self CPU time.
 2. **Speed-ups** (``pxpo_lite.speed.apply_speedups``), each a separate copy of the same pipeline,
    timed in interleaved repetitions (base, option 1, option 2, base, ...; medians; ratio =
-   base time ÷ option time, > 1 is faster): ``channels_last``; ``prompt_cache`` (text
-   embeddings once per prompt); ``bf16`` (``TrainConfig.mixed_precision="bf16"``: accelerate's
-   autocast in the update; sampling stays float32) and bf16 autocast of one UNet forward+backward;
+   base time ÷ option time, > 1 is faster; this process's CPU time, which other jobs on a shared
+   machine disturb far less than wall time, and wall time): ``channels_last``; ``prompt_cache`` (text
+   embeddings once per prompt); ``bf16_autocast`` (the whole epoch, sampling and update, under
+   ``torch.autocast("cpu", torch.bfloat16)``) and bf16 autocast of one UNet forward+backward;
    with ``--compile``, ``torch.compile`` of the UNet (first epoch = compile time, then steady state).
    Exactness: the first epoch's sampled log-probs and the weights after it are compared with the
    base copy's (max abs difference; 0.0 = same numbers).
@@ -27,6 +28,7 @@ Usage (default run: a few minutes on a 2-core CPU)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -62,11 +64,14 @@ def setup(model: str):
 
 
 def make_trainer(base, cfg: TrainConfig, prompts, **options):
+    """A Trainer on a copy of ``base`` with ``apply_speedups(**options)``, and the context its epochs run in:
+    ``bf16=True`` runs sampling and update under CPU bf16 autocast (one process can hold only one accelerate
+    mixed-precision setting, so ``TrainConfig.mixed_precision`` cannot be compared side by side)."""
     pipe = copy.deepcopy(base)
-    precision = options.pop("mixed_precision", "no")
+    bf16 = options.pop("bf16", False)
     apply_speedups(pipe, **options)
-    cfg = TrainConfig.from_dict({**cfg.to_dict(), "mixed_precision": precision})
-    return Trainer(pipe, blue_reward, cfg, prompts=prompts)
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    return Trainer(pipe, blue_reward, cfg, prompts=prompts), ctx
 
 
 def top_ops(prof, n: int) -> list[dict]:
@@ -77,7 +82,7 @@ def top_ops(prof, n: int) -> list[dict]:
 
 
 def profile_epoch(base, cfg, prompts, n: int) -> dict:
-    tr = make_trainer(base, cfg, prompts)
+    tr, _ = make_trainer(base, cfg, prompts)
     tr.train_epoch()  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         rec = tr.train_epoch()
@@ -93,7 +98,7 @@ def weights(tr) -> torch.Tensor:
 
 
 def fwd_bwd_bf16(base, cfg, reps: int) -> dict:
-    """One UNet forward+backward on a training-sized batch, float32 vs bf16 autocast (interleaved)."""
+    """One UNet forward+backward on a training-sized batch, float32 vs bf16 autocast (interleaved; CPU time)."""
     unet = copy.deepcopy(base.unet).requires_grad_(True)
     c = unet.config
     guided = getattr(base, "vae", None) is not None  # the SD peer config trains with guidance: batch [uncond; cond]
@@ -103,12 +108,12 @@ def fwd_bwd_bf16(base, cfg, reps: int) -> dict:
     t = torch.tensor(500)
 
     def run(bf16: bool) -> float:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = unet(x, t, encoder_hidden_states=ctx).sample
         out.float().square().mean().backward()
         unet.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0
+        return time.process_time() - t0
 
     run(False), run(True)  # warm-up
     times = {"float32": [], "bf16": []}
@@ -123,28 +128,34 @@ def compare(base, cfg, prompts, variants: dict, reps: int) -> dict:
     """Time one epoch per variant, interleaved; exactness of the first epoch against 'base'."""
     trainers, first = {}, {}
     for name, opts in variants.items():
-        tr = make_trainer(base, cfg, prompts, **opts)
+        tr, ctx = make_trainer(base, cfg, prompts, **dict(opts))
         t0 = time.perf_counter()
-        traj, _ = tr.sample_and_score(n=tr.local_samples, generator=torch.Generator().manual_seed(123))
-        tr.train_epoch()
-        first[name] = {"first_epoch_s": time.perf_counter() - t0, "log_probs": traj.log_probs, "weights": weights(tr)}
-        trainers[name] = tr
-    times = {name: [] for name in variants}
-    for _ in range(reps):
-        for name, tr in trainers.items():
-            t0 = time.perf_counter()
+        with ctx():
+            traj, _ = tr.sample_and_score(n=tr.local_samples, generator=torch.Generator().manual_seed(123))
             tr.train_epoch()
+        first[name] = {"first_epoch_s": time.perf_counter() - t0, "log_probs": traj.log_probs, "weights": weights(tr)}
+        trainers[name] = (tr, ctx)
+    times = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
+    for _ in range(reps):
+        for name, (tr, ctx) in trainers.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            with ctx():
+                tr.train_epoch()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     out = {}
     for name in variants:
         out[name] = {
             "epoch_s": times[name], "median_s": med[name], "ratio_vs_base": med["base"] / med[name],
+            "epoch_cpu_s": cpu[name], "median_cpu_s": med_cpu[name], "cpu_ratio_vs_base": med_cpu["base"] / med_cpu[name],
             "first_epoch_s": first[name]["first_epoch_s"],
             "max_abs_diff_log_probs": max_diff(first[name]["log_probs"], first["base"]["log_probs"]),
             "max_abs_diff_weights_after_epoch": max_diff(first[name]["weights"], first["base"]["weights"]),
         }
-        cache = trainers[name].pipe.__dict__.get("encode_prompt")
+        cache = trainers[name][0].pipe.__dict__.get("encode_prompt")
         if cache is not None:
             out[name]["text_encoder_rows"] = {"encoded": cache.misses, "served_from_cache": cache.hits}
     return out
@@ -165,9 +176,9 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     models = ["tiny", "tiny-sd"] if a.model == "both" else [a.model]
     variants = {"base": {}, "channels_last": {"channels_last": True}, "prompt_cache": {"prompt_cache": True},
-                "bf16_autocast": {"mixed_precision": "bf16"}}
+                "bf16_autocast": {"bf16": True}}
     if a.compile:
-        variants = {"base": {}, "compile": {"compile": True}}
+        variants = {"base": {}, "compile": {"compile": True, "compile_kwargs": {"dynamic": False}}}
     result = {"command": "python benchmarks/bench_speedups.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "threads": a.threads,
               "models": {}}
@@ -185,18 +196,20 @@ def main(argv=None) -> dict:
         if not a.compile:
             res["unet_fwd_bwd_bf16"] = fwd_bwd_bf16(base, cfg, max(3, a.reps))
         print(f"\n## {model}: one epoch per option ({a.reps} interleaved repetitions, medians; ratio = base ÷ option)\n")
-        print("| option | epoch s (median) | ratio | first epoch s | max abs diff log-probs | weights after 1 epoch |")
-        print("|---|---|---|---|---|---|")
+        print("| option | epoch CPU s | ratio (CPU) | epoch wall s | ratio (wall) | first epoch wall s "
+              "| max abs diff log-probs | weights after 1 epoch |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, v in res["variants"].items():
-            print(f"| {name} | {v['median_s']:.2f} | {v['ratio_vs_base']:.3f} | {v['first_epoch_s']:.1f} | "
+            print(f"| {name} | {v['median_cpu_s']:.2f} | {v['cpu_ratio_vs_base']:.3f} | {v['median_s']:.2f} | "
+                  f"{v['ratio_vs_base']:.3f} | {v['first_epoch_s']:.1f} | "
                   f"{v['max_abs_diff_log_probs']:.2g} | {v['max_abs_diff_weights_after_epoch']:.2g} |")
         if "unet_fwd_bwd_bf16" in res:
             f = res["unet_fwd_bwd_bf16"]
-            print(f"\nUNet forward+backward, batch {f['batch']}: float32 {1e3 * f['median_s']['float32']:.0f} ms, "
+            print(f"\nUNet forward+backward (CPU time), batch {f['batch']}: float32 {1e3 * f['median_s']['float32']:.0f} ms, "
                   f"bf16 autocast {1e3 * f['median_s']['bf16']:.0f} ms (ratio {f['ratio']:.2f})")
         for name, v in res["variants"].items():
             if "text_encoder_rows" in v:
-                print(f"{name}: text-encoder rows over {1 + a.reps + 1} epochs: {v['text_encoder_rows']}")
+                print(f"{name}: text-encoder rows over the whole run: {v['text_encoder_rows']}")
         result["models"][model] = res
     result["wall_s"] = time.perf_counter() - t_start
     if a.out:
