@@ -278,3 +278,14 @@ def test_experiments_modules_are_small():
     sizes = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
     assert set(sizes) >= {"tasks.py", "runs.py", "evaluation.py", "sweeps.py", "figures.py"}
     assert max(sizes.values()) <= 400, sizes
+
+
+def test_paper_table_of_a_region_task_has_no_paper_row():
+    """Region tasks are not in the paper (PAPER[...] is None): the table shows our rows only."""
+    from pxpo_lite.models import load_segmenter
+
+    shirt = E.get_task("shirt_blue", segmenter=load_segmenter())
+    ev = {"mean": -0.02, "std": 0.01, "fidelity": {"all": 1.0}, "fidelity_other": 1.0}
+    md = E.paper_table(shirt, ev, {**ev, "mean": -0.01})
+    assert "paper" not in md and md.count("\n") == 2 and "| 1.00 |" in md
+    assert E.TASKS == ("colour", "hair", "shirt_blue", "hair_red") and E.PAPER["shirt_blue"] is None

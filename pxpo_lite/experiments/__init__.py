@@ -19,10 +19,36 @@ one idea each:
 4. :mod:`~pxpo_lite.experiments.sweeps` — :func:`compare`: every method × task × seed;
    :func:`samples_to_reach` — how many samples a method needs before its (smoothed,
    seed-averaged) reward curve reaches a target, e.g. DDPO's final reward.
-5. :mod:`~pxpo_lite.experiments.figures` — reward curves per method, images before / after.
+5. :mod:`~pxpo_lite.experiments.figures` — reward curves per method, images before / after,
+   and the credit-assignment result (:func:`plot_credit_assignment`, :func:`credit_table`).
+6. :mod:`~pxpo_lite.experiments.credit` — the fair credit-assignment benchmark: per-image
+   (DDPO), per-region and per-pixel (PXPO) credit, each with and without the keep term
+   (:data:`CREDIT_METHODS`), a learning rate per method by one rule (:func:`pilot_lr`),
+   held-out effect, fidelity and change inside vs outside a region (:func:`region_change`).
+7. :mod:`~pxpo_lite.experiments.stats` — bootstrap intervals over seeds
+   (:func:`bootstrap_ci`, :func:`bootstrap_samples_to_target`) and :func:`select_lr`.
+
+Tasks: ``"colour"``, ``"hair"`` and the region-focused ``"shirt_blue"`` ("less blue on the
+shirt only") and ``"hair_red"`` ("hair colour towards red"), :data:`TASKS`.
 
 Introduced in ``notebooks/04_pxpo_colour_feedback.ipynb``; used in 05 and 07.
 """
+from .credit import (
+    CREDIT_LABELS,
+    CREDIT_METHODS,
+    CREDITS,
+    KEEP_BETA,
+    LR_GRID,
+    benchmark,
+    credit_task,
+    evaluate,
+    keep_supported,
+    parse_method,
+    pilot_lr,
+    region_change,
+    run_credit,
+    summarize_credit,
+)
 from .evaluation import (
     HELDOUT_NOISE_SEED,
     FidelityTracker,
@@ -35,7 +61,7 @@ from .evaluation import (
     paper_table,
     table_row,
 )
-from .figures import pick_examples, plot_before_after, plot_comparison
+from .figures import LABELS, credit_table, pick_examples, plot_before_after, plot_comparison, plot_credit_assignment
 from .runs import (
     DEFAULTS,
     GROUP_SIZE,
@@ -50,7 +76,8 @@ from .runs import (
     run,
 )
 from .sweeps import compare, final_reward, mean_curve, result_to_json, samples_to_reach, smooth, summarize
-from .tasks import PAPER, Task, get_task, has_blue, task_prompts
+from .stats import bootstrap_ci, bootstrap_samples_to_target, samples_to_target, select_lr
+from .tasks import PAPER, TASKS, Task, get_task, has_blue, task_prompts
 
 __all__ = [
     "DEFAULTS", "GROUP_SIZE", "HELDOUT_NOISE_SEED", "METHODS", "METHOD_LABELS", "PAPER", "PXPO_CLIP_RANGE", "TASK_LR",
@@ -58,4 +85,9 @@ __all__ = [
     "final_reward", "generate", "get_task", "grouped_prompts", "has_blue", "make_config", "mean_curve",
     "measure_heldout", "paper_effect", "paper_table", "pick_examples", "plot_before_after", "plot_comparison",
     "result_to_json", "run", "samples_to_reach", "smooth", "summarize", "table_row", "task_prompts",
+    # region tasks and the credit-assignment benchmark
+    "CREDITS", "CREDIT_LABELS", "CREDIT_METHODS", "KEEP_BETA", "LABELS", "LR_GRID", "TASKS", "benchmark",
+    "bootstrap_ci", "bootstrap_samples_to_target", "credit_table", "credit_task", "evaluate", "keep_supported",
+    "parse_method", "pilot_lr", "plot_credit_assignment", "region_change", "run_credit", "samples_to_target",
+    "select_lr", "summarize_credit",
 ]

@@ -172,9 +172,10 @@ def paper_table(task: Task, before: dict, after, label: str = "pxpo-lite (tiny m
         "| | mean reward ± std before → after | effect (std) | prompt fidelity (all) before → after |"
         + (f" fidelity without {task.conflicts_with} |" if other else ""),
         "|---|---|---|---|" + ("---|" if other else ""),
-        f"| paper (SD, their reward) | {p['before'][0]:.2f} ± {p['before'][1]:.2f} → {p['after'][0]:.2f} ± {p['after'][1]:.2f} "
-        f"| {paper_effect(task.name):.1f} | not reported |" + (" not reported |" if other else ""),
     ]
+    if p:  # the region tasks are not in the paper
+        lines.append(f"| paper (SD, their reward) | {p['before'][0]:.2f} ± {p['before'][1]:.2f} → {p['after'][0]:.2f} ± {p['after'][1]:.2f} "
+                     f"| {paper_effect(task.name):.1f} | not reported |" + (" not reported |" if other else ""))
     for name, a in rows.items():
         lines.append(
             f"| {name} | {before['mean']:.3f} ± {before['std']:.3f} → {a['mean']:.3f} ± {a['std']:.3f} "
