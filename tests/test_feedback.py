@@ -192,9 +192,9 @@ def test_one_step_schedule_is_refused_up_front(pipe, tmp_path):
 
 def test_nan_during_refinement_stops_before_the_step(pipe, tmp_path, monkeypatch):
     """The feedback loop has the trainer's NaN guard (one update path): no NaN image is saved."""
-    s = FeedbackSession(pipe, PROMPT, seed=3, folder=tmp_path / "s", config=RefineConfig(**CFG))
+    s = FeedbackSession(pipe, PROMPT, seed=3, folder=tmp_path / "s", config=RefineConfig(**CFG, keep_beta=0.0))
     adapters = s.adapter_state()
-    orig = update_mod.step_log_prob
+    orig = update_mod.step_log_prob  # without the keep term the update re-scores with step_log_prob
     monkeypatch.setattr(update_mod, "step_log_prob", lambda *a: orig(*a) * float("nan"))
     with pytest.raises(TrainingError, match=r"log-prob is NaN/inf for sample 0 .*refinement step 1.*weights untouched"):
         s.step(_maps()[0])
@@ -344,3 +344,21 @@ def test_keep_weights_reach_the_update_from_the_painted_map(pipe, monkeypatch):
         np.testing.assert_allclose(w[heat == 1], 1.0 if keep_liked else 0.0)
     FeedbackSession(pipe, PROMPT, seed=3, config=RefineConfig(**CFG, keep_beta=0.0)).step(heat, source="synthetic")
     assert seen[-1] is None  # β = 0: no keep term, no reference forward
+
+
+def test_nan_during_refinement_with_the_keep_term_stops_before_the_step(pipe, monkeypatch):
+    """With the keep term the update re-scores through keep.step_means: the same NaN guard applies."""
+    s = FeedbackSession(pipe, PROMPT, seed=3, config=RefineConfig(**CFG, keep_beta=10.0))
+    adapters = s.adapter_state()
+    orig = update_mod.keep_lib.step_means
+
+    def nan_means(*a, **k):
+        g = orig(*a, **k)
+        return g._replace(log_prob=g.log_prob * float("nan")) if not k.get("reference") else g
+
+    monkeypatch.setattr(update_mod.keep_lib, "step_means", nan_means)
+    with pytest.raises(TrainingError, match=r"log-prob is NaN/inf for sample 0 .*refinement step 1.*weights untouched"):
+        s.step(_maps()[0])
+    assert s.rounds == []
+    for k, v in s.adapter_state().items():
+        assert torch.equal(v, adapters[k])
