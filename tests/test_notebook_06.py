@@ -25,3 +25,26 @@ def check_06(results: dict) -> None:
 def test_notebook_06_synthetic_smoke(executed_notebook):
     _, results, seconds = executed_notebook(NB06, FEEDBACK_SOURCE="synthetic")
     check_06(results)
+
+
+def check_06_keep(results: dict) -> None:
+    """Section 5b: the same refinement with and without the painted keep term."""
+    assert results["keep_rounds"] >= 1
+    assert results["keep_beta"] > 0
+    assert results["keep_kl_fresh"] == 0.0  # fresh adapters: μ_θ = μ_ref exactly
+    assert results["keep_kl_matches_torch"] is True
+    for k in ("keep_ratio_with", "keep_ratio_without"):
+        v = results[k]
+        assert isinstance(v, float) and math.isfinite(v) and v > 0, (k, v)
+    for tag in ("with", "without"):
+        for part in ("disliked", "liked", "unpainted"):
+            v = results[f"keep_{tag}_change_{part}"]
+            assert isinstance(v, float) and math.isfinite(v) and 0 <= v <= 1, (tag, part, v)
+        assert results[f"keep_{tag}_change_disliked"] > 0  # both sessions changed the disliked area
+    # the keep term held the unpainted pixels: they changed less than without it
+    assert results["keep_with_change_unpainted"] < results["keep_without_change_unpainted"]
+
+
+def test_notebook_06_keep_term_section(executed_notebook):
+    _, results, _ = executed_notebook(NB06, FEEDBACK_SOURCE="synthetic")  # the same cached run as above
+    check_06_keep(results)
