@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -50,123 +49,15 @@ from . import keep as keep_lib
 from . import rewards as rewards_mod
 from .advantages import PerPromptStatTracker, clip_advantages
 from .checkpoint import check_save_target
-from .config_checks import check_number, check_positive_int
 from .pixelwise import to_sample_grid
 from .regions import MultiChannelReward
 from .sampling import Trajectory, sample
+from .speed import apply_speedups
+from .train_config import TrainConfig, check_config
 from .trainer_checkpoint import TRAINER_KIND as CHECKPOINT_KIND, load_trainer_checkpoint, save_trainer_checkpoint
 from .update import Keep, TrainingError, policy_gradient_step, summarise, trainable_steps
 
 __all__ = ["CHECKPOINT_KIND", "TrainConfig", "Trainer", "TrainingError", "check_config"]
-
-
-#: Fields that older versions of TrainConfig had; ``from_dict`` ignores them (old checkpoints load).
-REMOVED_FIELDS = ("skip_deterministic_steps",)
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of :class:`Trainer`, one line each (defaults: ddpo-pytorch's where they apply)."""
-
-    method: str = "ddpo"  # "ddpo": one advantage per image; "pxpo": one advantage per pixel
-    clip_range: float | None = None  # None: score-function (REINFORCE) loss; a number ε: PPO-clipped ratio (DDPO: 1e-4)
-    num_steps: int = 20  # DDIM steps T per trajectory
-    eta: float = 1.0  # DDIM noise weight in (0, 1]; > 0 so that each step is a Gaussian policy with a log-prob
-    guidance_scale: float | None = None  # classifier-free guidance w; None: the pipeline's default (tiny 1.0, SD 5.0)
-    samples_per_epoch: int = 32  # trajectories sampled per epoch, summed over all processes
-    sample_batch_size: int = 16  # trajectories per sampling call, per process
-    train_batch_size: int = 8  # samples per forward/backward micro-batch, per process
-    grad_accum_steps: int = 1  # micro-batches (each over its timesteps) accumulated into one optimiser step
-    inner_epochs: int = 1  # passes over each epoch's samples (DDPO's num_inner_epochs)
-    timestep_fraction: float = 1.0  # share of each micro-batch's stochastic steps (σ_t > 0) trained on (random subset)
-    learning_rate: float | None = None  # AdamW lr; None: 3e-4 with LoRA (DDPO), 1e-4 for the full UNet
-    adam_betas: tuple = (0.9, 0.999)  # AdamW betas
-    adam_weight_decay: float = 1e-4  # AdamW weight decay
-    adam_eps: float = 1e-8  # AdamW epsilon
-    max_grad_norm: float | None = 1.0  # clip the gradient norm to this (None: no clipping)
-    adv_clip_max: float | None = 5.0  # clip advantages to ±this (None: no clipping)
-    keep_beta: float = 0.0  # β of the per-pixel keep term β·mean(w·KL(π_θ‖π_ref)) (update.Keep); 0: off (no extra forward)
-    per_prompt_stats: bool = True  # per-prompt reward statistics (False: batch statistics every epoch)
-    stat_buffer_size: int = 16  # rewards (or maps) kept per prompt
-    stat_min_count: int = 16  # rewards a prompt needs before its own statistics are used
-    use_lora: bool | None = None  # True: LoRA adapters; False: full UNet; None: LoRA for SD (has a VAE), full for the tiny model (learns faster there; measured, see Trainer)
-    lora_rank: int = 4  # LoRA rank r
-    lora_alpha: float | None = None  # LoRA α (None: = rank)
-    lora_targets: tuple | None = None  # module names to adapt; None: lora.SD_TARGETS for SD, lora.TINY_TARGETS for the tiny UNet
-    mixed_precision: str = "no"  # accelerate: "no" | "fp16" | "bf16"
-    seed: int = 0  # seeds prompts, sampling noise and shuffles (per epoch and process: resumable)
-    log_with: str | None = None  # optional accelerate tracker ("tensorboard", "wandb") if installed; never required
-    progress: bool = True  # tqdm progress bar over epochs
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["adam_betas"] = list(self.adam_betas)
-        d["lora_targets"] = list(self.lora_targets) if self.lora_targets is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k not in REMOVED_FIELDS}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
-        if d.get("adam_betas") is not None:
-            d["adam_betas"] = tuple(d["adam_betas"])
-        if d.get("lora_targets") is not None:
-            d["lora_targets"] = tuple(d["lora_targets"])
-        return cls(**d)
-
-
-def check_config(config: TrainConfig, num_processes: int = 1) -> None:
-    """Raise ValueError naming the field and the numbers when the config cannot work."""
-    c = config
-    if not isinstance(c, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(c).__name__}")
-    if c.method not in ("ddpo", "pxpo"):
-        raise ValueError(f"method must be 'ddpo' or 'pxpo', got {c.method!r}")
-    if c.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {c.mixed_precision!r}")
-    for name in ("num_steps", "samples_per_epoch", "sample_batch_size", "train_batch_size", "grad_accum_steps",
-                 "inner_epochs", "stat_buffer_size", "stat_min_count", "lora_rank"):
-        check_positive_int(name, getattr(c, name))
-    if isinstance(c.seed, bool) or not isinstance(c.seed, int) or c.seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {c.seed!r}")
-    check_number("clip_range", c.clip_range, above=0, optional=True)  # None: score-function loss
-    if c.eta is None or isinstance(c.eta, bool) or not isinstance(c.eta, (int, float)) or not 0 < c.eta <= 1:
-        raise ValueError(f"eta must be a number in (0, 1] (η = 0 makes the step deterministic: no log-prob), got {c.eta!r}")
-    check_number("guidance_scale", c.guidance_scale, at_least=0, optional=True)
-    check_number("timestep_fraction", c.timestep_fraction, above=0, at_most=1)
-    check_number("learning_rate", c.learning_rate, above=0, optional=True)
-    check_number("max_grad_norm", c.max_grad_norm, above=0, optional=True)
-    check_number("adv_clip_max", c.adv_clip_max, above=0, optional=True)
-    check_number("keep_beta", c.keep_beta, at_least=0)
-    check_number("adam_weight_decay", c.adam_weight_decay, at_least=0)
-    check_number("adam_eps", c.adam_eps, above=0)
-    check_number("lora_alpha", c.lora_alpha, above=0, optional=True)
-    if not isinstance(c.adam_betas, (tuple, list)) or len(c.adam_betas) != 2:
-        raise ValueError(f"adam_betas must be two numbers in [0, 1), got {c.adam_betas!r}")
-    for k, b in enumerate(c.adam_betas):
-        check_number(f"adam_betas[{k}]", b, at_least=0, below=1)
-    if c.samples_per_epoch % num_processes:
-        raise ValueError(
-            f"samples_per_epoch={c.samples_per_epoch} is not divisible by the number of processes {num_processes}; "
-            f"use a multiple of {num_processes}"
-        )
-    local = c.samples_per_epoch // num_processes
-    if local % c.sample_batch_size:
-        raise ValueError(
-            f"each process samples samples_per_epoch / processes = {c.samples_per_epoch} / {num_processes} = {local} "
-            f"trajectories, not divisible by sample_batch_size={c.sample_batch_size}; make it a divisor of {local}"
-        )
-    per_step = c.train_batch_size * c.grad_accum_steps
-    if local % per_step:
-        raise ValueError(
-            f"each process trains on {local} samples per epoch, not divisible by train_batch_size × grad_accum_steps "
-            f"= {c.train_batch_size} × {c.grad_accum_steps} = {per_step}; choose them so their product divides {local}"
-        )
-    if c.per_prompt_stats and c.stat_min_count > c.stat_buffer_size:
-        raise ValueError(f"stat_min_count={c.stat_min_count} > stat_buffer_size={c.stat_buffer_size}; it would never be reached")
 
 
 def _seed_for(*parts) -> int:
@@ -236,6 +127,8 @@ class Trainer:
             if m is not None:
                 m.requires_grad_(False)
                 m.eval()
+        apply_speedups(pipe, channels_last=config.channels_last, gradient_checkpointing=config.gradient_checkpointing,
+                       prompt_cache=config.prompt_cache, compile=config.compile_unet)  # all off by default
         unet = pipe.unet
         unet.eval()  # no dropout: re-scoring at θ_old reproduces the sampling log-probs
         self.is_latent = getattr(pipe, "vae", None) is not None

@@ -33,7 +33,7 @@ import dataclasses
 import warnings
 from typing import Any, Mapping
 
-from .trainer import TrainConfig
+from .train_config import TrainConfig
 
 __all__ = ["UnsupportedTRLSetting", "TRL_FIELD_MAP", "TRL_DEFAULTS", "train_config_from_trl", "trl_run_settings"]
 

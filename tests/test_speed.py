@@ -152,3 +152,18 @@ def test_bad_inputs(pipe):
         apply_speedups(object())
     with pytest.raises(TypeError, match="pipe must be a pipeline with an encode_prompt method, got int"):
         PromptEmbeddingCache(3)
+
+
+def test_trainconfig_speed_fields_reach_the_pipeline():
+    """TrainConfig's speed options are applied by the Trainer (all off by default) and checked."""
+    from pxpo_lite.train_config import check_config
+
+    with pytest.raises(ValueError, match="channels_last"):
+        check_config(TrainConfig(channels_last="yes"))
+    pipe = pxpo_lite.load_tiny_pipeline()
+    cfg = TrainConfig(num_steps=3, samples_per_epoch=2, sample_batch_size=2, train_batch_size=2, per_prompt_stats=False,
+                      progress=False, channels_last=True, gradient_checkpointing=True, prompt_cache=True)
+    Trainer(pipe, "blue", cfg)
+    assert pipe.unet.is_gradient_checkpointing
+    w = next(p for p in pipe.unet.parameters() if p.ndim == 4)
+    assert w.is_contiguous(memory_format=torch.channels_last)
