@@ -206,7 +206,11 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     if args.jobs > 1:
         with mp.get_context("spawn").Pool(args.jobs, initializer=_init_worker) as pool:
-            rows = pool.map(run_one, jobs, chunksize=1)
+            rows = []
+            for k, r in enumerate(pool.imap(run_one, jobs, chunksize=1)):
+                rows.append(r)
+                print(f"[{k + 1}/{len(jobs)}] {r['variant']}, seed {r['seed']}: disliked/unpainted {r['disliked_over_unpainted']:.2f} "
+                      f"({r['seconds']:.0f} s)", flush=True)
     else:
         _init_worker()
         rows = [run_one(j) for j in jobs]
