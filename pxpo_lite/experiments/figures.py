@@ -129,6 +129,9 @@ def credit_table(result: dict, task: str) -> str:
             cells += [f"{r['change_inside']['mean']:.4f} / {r['change_outside']['mean']:.4f}" if "change_inside" in r else "—",
                       _fmt_ci(r.get("change_ratio"), "{:.1f}")]
         lines.append("| " + " | ".join(cells) + " |")
+    if s.get("target_improved") is False:
+        lines.append(f"\n(the target method did not improve beyond its epoch-to-epoch noise (gain {s['target_gain']:+.4f}): "
+                     "reaching its final reward says little)")
     return "\n".join(lines)
 
 
