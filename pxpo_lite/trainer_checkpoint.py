@@ -31,7 +31,8 @@ from .checkpoint import (
 # -- a Trainer's checkpoint ----------------------------------------------------------------------
 TRAINER_KIND = "pxpo-lite-trainer"
 # Changing one of these on resume makes the checkpoint mean something else: CheckpointError.
-BREAKING_FIELDS = ("method", "num_steps", "eta", "guidance_scale", "per_prompt_stats", "stat_buffer_size", "stat_min_count")
+BREAKING_FIELDS = ("method", "num_steps", "eta", "guidance_scale", "per_prompt_stats", "stat_buffer_size", "stat_min_count",
+                   "keep_beta")
 # Compared through what the trainer resolved (use_lora=None -> True/False; lora_targets=None -> the defaults).
 RESOLVED_FIELDS = ("use_lora", "lora_rank", "lora_alpha", "lora_targets", "learning_rate")
 # No effect on the numbers: not compared.
@@ -105,7 +106,9 @@ def _validate_trainer_state(state: dict, folder: Path) -> None:
 
 def _compare_config(trainer, st: dict, ck: Checkpoint, path) -> None:
     """Raise for a breaking change, warn (old → new) for the others; see load_trainer_checkpoint."""
-    old, new = st["config"], trainer.config.to_dict()
+    # a field the saved config lacks (a checkpoint from before it existed) had its default's meaning
+    old = {**type(trainer.config)().to_dict(), **st["config"]}
+    new = trainer.config.to_dict()
     if st["use_lora"] != trainer.use_lora or old.get("method") != new["method"]:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is for method={old.get('method')!r}, use_lora={st['use_lora']}, "

@@ -275,3 +275,19 @@ def test_lora_checkpoint_on_another_base_model_raises(tmp_path):
     assert fp != fp_other and fp == ckpt.base_fingerprint(_base_pipe(0).unet)  # adapters left out
     with pytest.raises(CheckpointError, match=f"another base model.*{fp}.*{fp_other}"):
         load_trainer_checkpoint(other, tmp_path / "ck")
+
+
+def test_fields_missing_from_an_older_checkpoint_take_their_defaults(tmp_path):
+    """A checkpoint saved before a config field existed (keep_beta, the speed options) resumes
+    silently with that field's default; keep_beta changes the objective, so a new value is breaking."""
+    save_trainer_checkpoint(make(), tmp_path / "ck")
+    state_path = tmp_path / "ck" / "state.json"
+    st = json.loads(state_path.read_text())
+    for k in ("keep_beta", "channels_last", "prompt_cache"):
+        del st["config"][k]
+    state_path.write_text(json.dumps(st))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_trainer_checkpoint(make(), tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="keep_beta"):
+        load_trainer_checkpoint(make(keep_beta=1.0), tmp_path / "ck")
