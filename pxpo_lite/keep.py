@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from .ddim import ddim_gaussian, ddim_step_logprob
+from .lora import unwrap
 from .pixelwise import to_sample_grid
 from .sampling import Trajectory, model_output
 
@@ -213,12 +214,6 @@ def keep_term(mu: torch.Tensor, mu_ref: torch.Tensor, sigma, weights: torch.Tens
 # --------------------------------------------------------------------------------------------
 # μ_θ and μ_ref of a stored transition
 # --------------------------------------------------------------------------------------------
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module  # DDP / accelerate wrappers
-    return model
-
-
 @contextlib.contextmanager
 def adapters_disabled(unet: torch.nn.Module):
     """Run ``unet`` as its base model: every LoRA (peft) adapter off inside the block, restored after.
@@ -231,7 +226,7 @@ def adapters_disabled(unet: torch.nn.Module):
     """
     from peft.tuners.tuners_utils import BaseTunerLayer  # peft: optional until LoRA is used
 
-    model = _unwrap(unet)
+    model = unwrap(unet)
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
     if not layers:
         raise ValueError(
@@ -258,7 +253,7 @@ def frozen_copy(unet: torch.nn.Module) -> torch.nn.Module:
 
     Make it **before** the first update (it costs one UNet of memory).
     """
-    ref = copy.deepcopy(_unwrap(unet)).eval()
+    ref = copy.deepcopy(unwrap(unet)).eval()
     ref.requires_grad_(False)
     return ref
 
