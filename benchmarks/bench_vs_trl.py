@@ -6,7 +6,8 @@ implementation. This script builds one tiny random Stable Diffusion pipeline fol
 on that folder with TRL's defaults where a CPU allows them — 20 DDIM steps, η = 1, guidance 5 in
 sampling and training, 16 samples per epoch (4 × 4), train batch 4, LoRA r = 4 on the attention
 projections, lr 3e-4, PPO clip 1e-4, the scalar "less blue" reward — in alternating fresh
-processes (TRL, ours, ours with PXPO, TRL, ...), each running ``--epochs`` epochs after one
+processes (TRL, ours DDPO, ours PXPO, and both again with the exact speed-ups ``channels_last`` and
+the prompt-embedding cache switched on; then TRL again, ...), each running ``--epochs`` epochs after one
 warm-up epoch that is not timed. It prints samples per second per run and the ratios with their
 spread (the machine is noisy: compare only numbers from one run of this script).
 
@@ -74,7 +75,9 @@ def worker_ours(folder: str, epochs: int, method: str) -> list[float]:
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    config = train_config_from_trl(PEER, method=method, progress=False)
+    fast = method.endswith("-fast")  # the exact speed-ups of benchmarks/bench_speedups.py switched on
+    method = method.removesuffix("-fast")
+    config = train_config_from_trl(PEER, method=method, progress=False, channels_last=fast, prompt_cache=fast)
     reward = blue_reward if method == "ddpo" else colour_reward_map
     trainer = Trainer(pipe, reward, config, prompts=PROMPTS)
     times = []
@@ -135,7 +138,7 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per run (after one warm-up epoch)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
-    p.add_argument("--worker", choices=["trl", "ddpo", "pxpo"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["trl", "ddpo", "pxpo", "ddpo-fast", "pxpo-fast"], help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
@@ -152,10 +155,11 @@ def main(argv=None) -> None:
         p.error("--trl-python is required (a Python where `import trl` gives 0.23.1); see the module docstring")
     folder = Path(tempfile.mkdtemp()) / "tiny-sd"
     build_folder(folder)
-    runs: dict[str, list[dict]] = {"trl": [], "ddpo": [], "pxpo": []}
+    arms = ("trl", "ddpo", "pxpo", "ddpo-fast", "pxpo-fast")
+    runs: dict[str, list[dict]] = {k: [] for k in arms}
     t0 = time.perf_counter()
     for r in range(a.runs):
-        for which in ("trl", "ddpo", "pxpo"):
+        for which in arms:
             python = a.trl_python if which == "trl" else sys.executable
             res = run_worker(python, which, folder, a.epochs, a.threads)
             runs[which].append(res)
@@ -164,7 +168,12 @@ def main(argv=None) -> None:
     sps = {k: [x["samples_per_s"] for x in v] for k, v in runs.items()}
     ratio_ddpo = [o / t for o, t in zip(sps["ddpo"], sps["trl"])]
     ratio_pxpo = [x / o for x, o in zip(sps["pxpo"], sps["ddpo"])]
+    ratio_fast = [o / t for o, t in zip(sps["ddpo-fast"], sps["trl"])]
+    ratio_pxpo_fast = [x / o for x, o in zip(sps["pxpo-fast"], sps["ddpo-fast"])]
     summary = {
+        "ours_ddpo_fast_over_trl": {"median": statistics.median(ratio_fast), "min": min(ratio_fast), "max": max(ratio_fast)},
+        "ours_pxpo_fast_over_ours_ddpo_fast": {"median": statistics.median(ratio_pxpo_fast), "min": min(ratio_pxpo_fast),
+                                               "max": max(ratio_pxpo_fast)},
         "ours_ddpo_over_trl": {"median": statistics.median(ratio_ddpo), "min": min(ratio_ddpo), "max": max(ratio_ddpo)},
         "ours_pxpo_over_ours_ddpo": {"median": statistics.median(ratio_pxpo), "min": min(ratio_pxpo), "max": max(ratio_pxpo)},
         "samples_per_s": {k: statistics.median(v) for k, v in sps.items()},
@@ -173,6 +182,8 @@ def main(argv=None) -> None:
           f"(min {min(ratio_ddpo):.3f}, max {max(ratio_ddpo):.3f}, {a.runs} alternating pairs)")
     print(f"ours PXPO / ours DDPO: {summary['ours_pxpo_over_ours_ddpo']['median']:.3f} "
           f"(min {min(ratio_pxpo):.3f}, max {max(ratio_pxpo):.3f})")
+    print(f"ours (DDPO, channels_last + prompt cache) / TRL: {statistics.median(ratio_fast):.3f} "
+          f"(min {min(ratio_fast):.3f}, max {max(ratio_fast):.3f}); PXPO / DDPO with them: {statistics.median(ratio_pxpo_fast):.3f}")
     if a.out:
         import torch
 
