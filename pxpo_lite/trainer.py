@@ -44,8 +44,11 @@ from typing import Callable, Sequence
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
 
 from . import keep as keep_lib
+from . import lora
 from . import rewards as rewards_mod
 from .advantages import PerPromptStatTracker, clip_advantages
 from .checkpoint import check_save_target
@@ -56,6 +59,7 @@ from .speed import apply_speedups
 from .train_config import TrainConfig, check_config
 from .trainer_checkpoint import TRAINER_KIND as CHECKPOINT_KIND, load_trainer_checkpoint, save_trainer_checkpoint
 from .update import Keep, TrainingError, policy_gradient_step, summarise, trainable_steps
+from .world import all_prompts
 
 __all__ = ["CHECKPOINT_KIND", "TrainConfig", "Trainer", "TrainingError", "check_config"]
 
@@ -115,8 +119,6 @@ class Trainer:
         self.pipe = pipe
         self.reward_fn = rewards_mod.get_reward(reward_fn)
         if prompts is None:
-            from .world import all_prompts
-
             prompts = all_prompts()
         if not callable(prompts) and (isinstance(prompts, str) or len(prompts) == 0):
             raise ValueError("prompts must be a non-empty list of str or a function (n, generator) -> list of str")
@@ -134,8 +136,6 @@ class Trainer:
         self.is_latent = getattr(pipe, "vae", None) is not None
         self.use_lora = config.use_lora if config.use_lora is not None else self.is_latent
         if self.use_lora:
-            from . import lora
-
             targets = config.lora_targets or (lora.SD_TARGETS if self.is_latent else lora.TINY_TARGETS)
             torch.manual_seed(_seed_for(config.seed, "lora-init"))  # identical adapters on every process
             self.lora_config = lora.add_lora(unet, config.lora_rank, config.lora_alpha, targets)
@@ -212,8 +212,6 @@ class Trainer:
             rewards = rewards[:, None, None].expand(len(rewards), h, w).contiguous()  # (B,) -> (B,h,w): constant map ≡ DDPO
         all_r, all_p = rewards, list(prompts)
         if acc.num_processes > 1:
-            from accelerate.utils import gather_object
-
             all_r = acc.gather(rewards.to(acc.device).contiguous()).cpu()
             all_p = gather_object(list(prompts))
         tracker = self.tracker or PerPromptStatTracker(buffer_size=None, min_count=len(all_r) + 1)
@@ -312,8 +310,6 @@ class Trainer:
         to evaluate the model being trained. ``checkpoint_dir`` + ``checkpoint_every``: save a
         checkpoint every that many epochs.
         """
-        from tqdm.auto import tqdm
-
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
         if callback is not None and not callable(callback):
@@ -335,17 +331,13 @@ class Trainer:
         """The trained weights: LoRA adapters (clean keys) or the full UNet state dict."""
         unet = self.accelerator.unwrap_model(self.pipe.unet)
         if self.use_lora:
-            from .lora import lora_state_dict
-
-            return lora_state_dict(unet)
+            return lora.lora_state_dict(unet)
         return {k: v.detach().clone() for k, v in unet.state_dict().items()}
 
     def load_model_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         unet = self.accelerator.unwrap_model(self.pipe.unet)
         if self.use_lora:
-            from .lora import load_lora_state_dict
-
-            load_lora_state_dict(unet, state)
+            lora.load_lora_state_dict(unet, state)
             return
         result = unet.load_state_dict({k: v.to(self.accelerator.device) for k, v in state.items()}, strict=False)
         if result.missing_keys or result.unexpected_keys:
@@ -368,12 +360,10 @@ class Trainer:
 
     def save_lora(self, path) -> Path:
         """Save only the LoRA adapters (peft format) — load with :func:`pxpo_lite.lora.load_lora`."""
-        from .lora import save_lora
-
         if not self.use_lora:
             raise ValueError("this trainer trains the full UNet (use_lora=False); save with pipe.save_pretrained instead")
         path = Path(path)
         if self.accelerator.is_main_process:
-            save_lora(self.accelerator.unwrap_model(self.pipe.unet), path)
+            lora.save_lora(self.accelerator.unwrap_model(self.pipe.unet), path)
         self.accelerator.wait_for_everyone()
         return path
