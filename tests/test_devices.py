@@ -180,8 +180,9 @@ def test_tensor_functions_stay_on_their_inputs_device(name, fn, args, shape):
 # -- LoRA on a float16 Stable Diffusion UNet --------------------------------------------------
 def test_float16_sd_unet_trains_float32_adapters():
     """peft makes adapters in the wrapped layer's dtype (float16 on SD in half precision): AdamW on
-    float16 weights loses small updates (ε = 1e-8 is 0 in float16). ``float32_adapters`` fixes that
-    and the float16 model still samples and back-propagates into the adapters."""
+    float16 weights loses small updates (ε = 1e-8 is 0 in float16). ``lora.add_lora`` keeps them in
+    float32 (``sd.float32_adapters`` does the same for adapters added another way), and the float16
+    model still samples and back-propagates into the adapters."""
     from pxpo_lite import lora, sample, step_log_prob
     from pxpo_lite.sd import build_tiny_sd_pipeline, float32_adapters
 
@@ -189,11 +190,12 @@ def test_float16_sd_unet_trains_float32_adapters():
     pipe.unet.to(torch.float16)
     lora.add_lora(pipe.unet, rank=2)
     params = lora.lora_parameters(pipe.unet)
-    assert {p.dtype for p in params} == {torch.float16}  # what peft gives: the reason for the helper
-    ids = [id(p) for p in params]
-    assert float32_adapters(params) == len(params)
-    assert {p.dtype for p in params} == {torch.float32} and [id(p) for p in params] == ids  # same objects
-    assert float32_adapters(params) == 0  # idempotent
+    assert {p.dtype for p in params} == {torch.float32}  # add_lora upcast peft's float16 adapters
+    assert float32_adapters(params) == 0  # nothing left to do: idempotent
+    half = [torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))]  # adapters added by other means
+    ids = [id(p) for p in half]
+    assert float32_adapters(half) == 1
+    assert half[0].dtype == torch.float32 and [id(p) for p in half] == ids  # same objects
     traj = sample(pipe, ["a portrait with long red hair and a green shirt on a navy background"], num_steps=2,
                   generator=torch.Generator().manual_seed(0), progress=False)
     step_log_prob(pipe, traj, 0).float().mean().backward()
