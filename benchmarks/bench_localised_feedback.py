@@ -14,7 +14,7 @@ ones; ``pxpo_lite.keep``, notebook 06). After the last round, the change from th
   (``regions.towards_colour``), first image vs last (lower after = faded towards the background).
 
 Per image, then mean, std and min–max over images; JSON (with the command) + a figure + a
-markdown table. Usage (default ≈ 15 min on 2 CPU cores)::
+markdown table. Usage (defaults: 5 rounds, RefineConfig's lr; ≈ 10 min on 2 quiet CPU cores)::
 
     python benchmarks/bench_localised_feedback.py --jobs 2
 """
@@ -151,7 +151,7 @@ def figure(rows: list[dict], summary: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ex = [r for r in rows if "images" in r]
-    ncols = max(2, 1 + len(ex))
+    ncols = max(3, 1 + len(ex))
     fig, axes = plt.subplots(2, ncols, figsize=(3.2 * ncols, 6.4))
     groups = [(d["rule"], d["variant"]) for d in summary]
     for ax, key, goal, title in ((axes[0, 0], "disliked_over_unpainted", 5, "disliked ÷ unpainted change"),
@@ -188,7 +188,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rules", nargs="+", default=list(RULES))
     ap.add_argument("--betas", type=float, nargs="+", default=[0.0, 10.0], help="keep_beta values (0: without the keep term)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--num-steps", type=int, default=10, help="DDIM steps of each image")
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default: RefineConfig's)")
     ap.add_argument("--keep-unpainted-only", action="store_true", help="keep_liked=False: liked pixels are free too")

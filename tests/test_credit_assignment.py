@@ -192,10 +192,15 @@ def test_benchmark_end_to_end(pipe, seg, monkeypatch):
                       lr_table={"colour": {"image": 2e-5}}, per_prompt=1, n_boot=50, segmenter=seg, log=logs.append, **FAST)
     lr = res["lr"]["colour"]
     assert lr["image"] == {"lr": 2e-5, "passed": None, "rule": "given (--lr table)"}
-    assert set(lr["pixel"]["pilot"]) == {1e-5, 1e-3} and lr["pixel"]["lr"] in (1e-5, 1e-3)
-    fids = {k: v["fidelity"] for k, v in lr["pixel"]["pilot"].items()}
-    assert lr["pixel"]["lr"] == E.select_lr(fids)["lr"]  # the rule, applied to what the pilot measured
-    assert res["timing"]["runs"] == 6 and res["timing"]["pilot_runs"] == 4 and res["timing"]["cpu_s"] > 0
+    for m in ("region", "pixel"):
+        assert set(lr[m]["pilot"]) | set(lr[m]["not_run"]) == {1e-5, 1e-3} and lr[m]["lr"] in (1e-5, 1e-3)
+        fids = {k: v["fidelity"] for k, v in lr[m]["pilot"].items()}
+        assert lr[m]["lr"] == E.select_lr(fids)["lr"]  # the rule, applied to what the pilot measured
+        assert "records" not in lr[m]
+        # seed 0 is the pilot seed at the same budget: its run is the pilot's run at the chosen lr
+        assert res["runs"]["colour"][m][0]["from_pilot"] and "from_pilot" not in res["runs"]["colour"][m][1]
+    n_pilot = sum(len(lr[m]["pilot"]) for m in ("region", "pixel"))
+    assert res["timing"]["pilot_runs"] == n_pilot and res["timing"]["runs"] == 4 and res["timing"]["cpu_s"] > 0
     s = res["summary"]["colour"]
     assert s["target"] == pytest.approx(np.mean([np.mean(r["reward"][-3:]) for r in res["runs"]["colour"]["image"]]))
     for m in ("image", "region", "pixel"):
@@ -210,6 +215,33 @@ def test_benchmark_end_to_end(pipe, seg, monkeypatch):
     assert any("pixel" in line for line in logs)
     with pytest.raises(ValueError, match="no learning rate"):
         E.benchmark(pipe, [colour], ["pixel"], seeds=[0], budget=8, lr_grid=None, segmenter=seg, log=logs.append, **FAST)
+
+
+def test_pilot_runs_the_grid_upwards_and_stops_at_the_first_failure(monkeypatch):
+    from pxpo_lite.experiments import credit
+
+    fid = {1e-5: 1.0, 3e-5: 0.95, 1e-4: 0.5, 3e-4: 1.0}  # 3e-4 would pass by chance, but is never run
+    ran = []
+
+    class R:
+        seed, trained_on, rewards, seconds, cpu_seconds, pipe = 0, [0], [0.0], 0.0, 0.0, None
+
+    def fake_run(base, task, method, budget, seed, lr, *a, **k):
+        ran.append(lr)
+        r = R()
+        r.pipe = lr
+        return r
+
+    monkeypatch.setattr(credit, "run_credit", fake_run)
+    monkeypatch.setattr(credit, "evaluate", lambda pipe, *a, **k: {"fidelity": fid[pipe], "effect_std": 0.0})
+    task = E.get_task("colour")
+    out = credit.pilot_lr(None, task, "pixel", [3e-4, 1e-5, 1e-4, 3e-5], before={"mean": 0})
+    assert ran == [1e-5, 3e-5, 1e-4] and out["not_run"] == [3e-4]
+    assert out["lr"] == 3e-5 and out["passed"] and "stopping at the first that failed" in out["rule"]
+    assert set(out["records"]) == {1e-5, 3e-5, 1e-4}
+    ran.clear()
+    full = credit.pilot_lr(None, task, "pixel", [3e-4, 1e-5, 1e-4, 3e-5], before={"mean": 0}, stop_after_fail=False)
+    assert ran == [1e-5, 3e-5, 1e-4, 3e-4] and full["lr"] == 3e-4 and full["not_run"] == []
 
 
 def test_benchmark_region_task_measures_inside_and_outside(pipe, seg, monkeypatch):
@@ -275,3 +307,20 @@ def test_bench_credit_assignment_cli(tmp_path, monkeypatch):
     assert data["summary"] == res["summary"]
     table2 = bench.lr_table([], ["colour"], ["image", "pixel"], previous=out)  # --lr-from reuses the chosen lrs
     assert table2 == {"colour": {"image": 3e-5, "pixel": 3e-5}}
+
+
+def test_bench_credit_assignment_jobs_merge_the_parts(tmp_path, monkeypatch):
+    """``--jobs 2``: methods shared over two processes (the shipped model), merged into one result."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_credit_assignment as bench
+
+    out = tmp_path / "j.json"
+    res = bench.main(["--reduced", "--budget", "16", "--tasks", "colour", "--methods", "image", "pixel", "pixel+keep",
+                      "--eval-per-prompt", "1", "--n-boot", "20", "--num-steps", "2", "--jobs", "2", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert list(data["runs"]["colour"]) == ["image", "pixel", "pixel+keep"]  # all methods, in the usual order
+    assert list(data["config"]["learning_rates"]["colour"]) == ["image", "pixel", "pixel+keep"]
+    assert data["timing"]["jobs"] == 2 and data["timing"]["runs"] == 3 and data["config"]["jobs"] == 2
+    assert not list(tmp_path.glob("*.part*.json")), "part files are removed after the merge"
+    assert set(res["summary"]["colour"]["methods"]) == {"image", "pixel", "pixel+keep"}
+    assert data["config"]["command"].endswith(f"--jobs 2 --out {out}")

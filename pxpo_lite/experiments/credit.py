@@ -160,23 +160,37 @@ def evaluate(pipe, task: Task, before: dict, per_prompt: int, segmenter, key: st
 
 def pilot_lr(base_pipe, task: Task, method: str, lr_grid: Sequence[float] = LR_GRID, budget: int = 64, seed: int = 0,
              before: dict | None = None, per_prompt: int = 4, segmenter=None, threshold: float = FIDELITY_THRESHOLD,
-             key: str = "auto", keep_beta: float = KEEP_BETA, **overrides) -> dict:
+             key: str = "auto", keep_beta: float = KEEP_BETA, stop_after_fail: bool = True, track_every: int = 0,
+             **overrides) -> dict:
     """One pilot run per learning rate (seed ``seed``), fidelity at its end, then ``stats.select_lr``.
 
-    Returns ``{"lr", "passed", "rule", "pilot": {lr: {"fidelity", "effect_std", "final_reward", "cpu_s"}}}``.
+    The grid is run from the smallest lr up; with ``stop_after_fail`` the pilot stops at the first
+    lr whose fidelity falls below ``threshold`` (a larger step is not expected to keep more of
+    the prompt; the larger lrs are listed as not run). Returns ``{"lr", "passed", "rule",
+    "pilot": {lr: {"fidelity", "effect_std", "final_reward", "cpu_s"}}, "records": {lr: run
+    record}}`` — the records let :func:`benchmark` reuse the pilot as that seed's run.
     """
     if not lr_grid:
         raise ValueError("lr_grid must be a non-empty list of learning rates, e.g. [1e-5, 3e-5, 1e-4, 3e-4]")
     before = before or measure_heldout(base_pipe, task, per_prompt, segmenter=segmenter, images=True)
-    pilot = {}
-    for lr in lr_grid:
-        r = run_credit(base_pipe, task, method, budget, seed, lr, keep_beta, segmenter, keep_pipe=True, **overrides)
+    pilot, records, skipped = {}, {}, []
+    k = fidelity_key(task, key)
+    for lr in sorted(float(x) for x in lr_grid):
+        if stop_after_fail and any(p["fidelity"] is None or p["fidelity"] < threshold for p in pilot.values()):
+            skipped.append(lr)
+            continue
+        track = FidelityTracker(task, segmenter, per_prompt, every=track_every, keep_images=False) if track_every else None
+        r = run_credit(base_pipe, task, method, budget, seed, lr, keep_beta, segmenter, keep_pipe=True, callback=track,
+                       **overrides)
         ev = evaluate(r.pipe, task, before, per_prompt, segmenter, key)
         r.pipe = None
-        pilot[float(lr)] = {"fidelity": ev["fidelity"], "effect_std": ev["effect_std"],
-                            "final_reward": float(smooth(r.rewards, 3)[-1]), "cpu_s": round(r.cpu_seconds, 1)}
+        records[lr] = _run_record(r, ev, track, k)
+        pilot[lr] = {"fidelity": ev["fidelity"], "effect_std": ev["effect_std"],
+                     "final_reward": float(smooth(r.rewards, 3)[-1]), "cpu_s": round(r.cpu_seconds, 1)}
     choice = select_lr({lr: p["fidelity"] for lr, p in pilot.items()}, threshold)
-    return {**choice, "pilot": pilot, "seed": seed, "budget": budget}
+    if skipped:
+        choice["rule"] += f"; grid run from the smallest lr up, stopping at the first that failed (not run: {skipped})"
+    return {**choice, "pilot": pilot, "not_run": skipped, "seed": seed, "budget": budget, "records": records}
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,15 +231,21 @@ def benchmark(base_pipe, tasks: Sequence[Task], methods: Sequence[str] = CREDIT_
                 choice = {"lr": float(given), "passed": None, "rule": "given (--lr table)"}
             elif lr_grid:
                 choice = pilot_lr(base_pipe, task, m, lr_grid, pilot_budget or budget, pilot_seed, before, per_prompt,
-                                  segmenter, threshold, key, keep_beta, **overrides)
-                out["timing"]["pilot_runs"] += len(lr_grid)
+                                  segmenter, threshold, key, keep_beta, track_every=track_every, **overrides)
+                out["timing"]["pilot_runs"] += len(choice["pilot"])
                 log(f"[{task.name}] {m}: lr {choice['lr']:g} ({'passed' if choice['passed'] else 'none passed'}; "
                     + ", ".join(f"{lr:g}: fid {p['fidelity']}" for lr, p in choice["pilot"].items()) + ")")
             else:
                 raise ValueError(f"no learning rate for {task.name}/{m}: give lr_grid or lr_table[{task.name!r}][{m!r}]")
+            reusable = choice.pop("records", {})
             out["lr"][task.name][m] = choice
             out["runs"][task.name][m] = []
             for s in seeds:
+                if s == pilot_seed and (pilot_budget or budget) == budget and choice["lr"] in reusable:
+                    # the pilot at the chosen lr is this seed's run: same model, seed, budget and lr
+                    out["runs"][task.name][m].append({**reusable[choice["lr"]], "from_pilot": True})
+                    log(f"[{task.name}] {m} seed {s}: the pilot run at lr {choice['lr']:g} (reused)")
+                    continue
                 track = FidelityTracker(task, segmenter, per_prompt, every=track_every, keep_images=False) if track_every else None
                 r = run_credit(base_pipe, task, m, budget, s, choice["lr"], keep_beta, segmenter, keep_pipe=True,
                                callback=track, **overrides)
