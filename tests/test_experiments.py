@@ -31,6 +31,13 @@ def colour():
     return E.get_task("colour")
 
 
+@pytest.fixture(scope="module")
+def seg():
+    import pxpo_lite
+
+    return pxpo_lite.load_segmenter()
+
+
 def _weights(p):
     return {k: v.detach().clone() for k, v in p.unet.state_dict().items()}
 
@@ -217,6 +224,30 @@ def test_compare_plot_and_json(pipe, colour, tmp_path):
     fig.savefig(tmp_path / "c.png")
     js = json.loads(json.dumps(E.result_to_json(res)))
     assert js["summary"]["colour"]["methods"]["ddpo"]["samples_to_reach_ddpo_final"] == 0  # one epoch: trained on 0
+
+
+def test_compare_in_parallel_gives_the_same_results(pipe, colour, seg, monkeypatch):
+    """Forked workers (one per run, one thread each) give the sequential results, evaluation too."""
+    monkeypatch.setitem(E.DEFAULTS, "num_steps", 2)  # held-out sampling too
+    from pxpo_lite.experiments import parallel
+
+    assert parallel.can_fork("cpu") and not parallel.can_fork("cuda:0") and parallel.default_jobs(1) == 1
+    kw = dict(seeds=[0, 1], budget=16, window=1, progress=False, eval_per_prompt=1, segmenter=seg, **FAST)
+    one = E.compare(pipe, [colour], ["pxpo"], jobs=1, **kw)
+    two = E.compare(pipe, [colour], ["pxpo"], jobs=2, **kw)
+    for m in ("pxpo",):
+        for a, b in zip(one["runs"]["colour"][m], two["runs"]["colour"][m]):
+            assert (a.seed, a.method) == (b.seed, b.method) and a.pipe is None and b.pipe is None
+            # equal up to summation order (one torch thread per worker vs this process's threads)
+            assert [r["reward_mean"] for r in a.records] == pytest.approx([r["reward_mean"] for r in b.records], rel=1e-4)
+            assert [r["grad_norm"] for r in a.records] == pytest.approx([r["grad_norm"] for r in b.records], rel=1e-3)
+    for m in ("pxpo",):
+        assert one["eval"]["colour"][m].keys() == two["eval"]["colour"][m].keys()
+        for k, v in one["eval"]["colour"][m].items():
+            assert v == (pytest.approx(two["eval"]["colour"][m][k], rel=1e-3, abs=1e-6) if isinstance(v, float) else two["eval"]["colour"][m][k])
+    assert parallel.map_jobs(lambda x: x * x, [1, 2, 3], processes=2) == [1, 4, 9]
+    with pytest.raises(ValueError, match="processes"):
+        parallel.map_jobs(abs, [1], processes=0)
 
 
 def test_benchmark_cli(tmp_path, monkeypatch):

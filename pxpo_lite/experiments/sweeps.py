@@ -57,7 +57,7 @@ def samples_to_reach(results: Sequence[RunResult], target: float, window: int = 
 
 def compare(base_pipe, tasks: Sequence[Task], methods: Sequence[str] = ("ddpo", "pxpo", "pxpo_clip"),
             seeds: Sequence[int] = (0, 1, 2), budget: int = 192, window: int = 3, progress: bool = True,
-            eval_per_prompt: int = 0, segmenter=None, **overrides) -> dict:
+            eval_per_prompt: int = 0, segmenter=None, jobs: int | None = None, **overrides) -> dict:
     """Every method × task × seed from the same model, prompts, seeds and budget.
 
     Returns ``{"runs": {task: {method: [RunResult, ...]}}, "summary": {task: {...}}}``; the
@@ -66,30 +66,40 @@ def compare(base_pipe, tasks: Sequence[Task], methods: Sequence[str] = ("ddpo", 
     ``eval_per_prompt > 0`` the final model of each method's *first* seed is also evaluated on
     the held-out seeds (``result["eval"][task][method]``: a :func:`table_row` plus fidelity
     without the fought attribute), next to the pretrained model.
+
+    ``jobs``: runs trained at once in forked processes (:mod:`.parallel`; None: one per CPU core
+    on a CPU, 1 on a GPU). The results do not depend on it.
     """
     from tqdm.auto import tqdm
 
-    runs: dict = {}
-    evals: dict = {}
-    total = len(tasks) * len(methods) * len(seeds)
-    bar = tqdm(total=total, desc="runs", disable=not progress)
-    for task in tasks:
-        runs[task.name] = {}
-        before = measure_heldout(base_pipe, task, eval_per_prompt, segmenter=segmenter, images=False) if eval_per_prompt else None
-        for m in methods:
-            runs[task.name][m] = []
-            for k, s in enumerate(seeds):
-                r = run(base_pipe, task, m, budget, s, progress=False, keep_pipe=bool(before) and k == 0, **overrides)
-                if before is not None and k == 0:
-                    after = measure_heldout(r.pipe, task, eval_per_prompt, segmenter=segmenter, images=False)
-                    evals.setdefault(task.name, {})[m] = {
-                        **table_row(m, before, after), "seed": s,
-                        "fidelity_other_before": before["fidelity_other"], "fidelity_other_after": after["fidelity_other"],
-                    }
-                    r.pipe = None
-                runs[task.name][m].append(r)
-                bar.update(1)
+    from .parallel import map_jobs
+
+    befores = {t.name: measure_heldout(base_pipe, t, eval_per_prompt, segmenter=segmenter, images=False)
+               for t in tasks} if eval_per_prompt else {}
+    todo = [(t, m, k, s) for t in tasks for m in methods for k, s in enumerate(seeds)]
+
+    def one(job):
+        task, m, k, s = job
+        before = befores.get(task.name)
+        r = run(base_pipe, task, m, budget, s, progress=False, keep_pipe=bool(before) and k == 0, **overrides)
+        ev = None
+        if before is not None and k == 0:
+            after = measure_heldout(r.pipe, task, eval_per_prompt, segmenter=segmenter, images=False)
+            ev = {**table_row(m, before, after), "seed": s,
+                  "fidelity_other_before": before["fidelity_other"], "fidelity_other_after": after["fidelity_other"]}
+            r.pipe = None
+        return r, ev
+
+    device = next(base_pipe.unet.parameters()).device
+    bar = tqdm(total=len(todo), desc="runs", disable=not progress)
+    results = map_jobs(one, todo, jobs, device=device, on_result=lambda k, _: bar.update(1))
     bar.close()
+    runs: dict = {t.name: {m: [] for m in methods} for t in tasks}
+    evals: dict = {}
+    for (task, m, _, _), (r, ev) in zip(todo, results):
+        runs[task.name][m].append(r)
+        if ev is not None:
+            evals.setdefault(task.name, {})[m] = ev
     out = {"runs": runs, "summary": summarize(runs, window)}
     if evals:
         out["eval"] = evals

@@ -1,0 +1,74 @@
+"""Independent runs on several CPU cores: a forked process pool, one torch thread per process.
+
+The tiny model's operations are too small for torch's own threads to help (one thread per run
+is fastest), so on a CPU the way to use more cores is to train several runs at once. Runs are
+independent (each trains its own copy of the base pipeline from its own seed), so the results
+are those of one run after another, up to floating-point summation order (one torch thread
+per worker); ``tests/test_experiments.py`` checks that.
+
+Workers are *forked*: they inherit the pipeline, tasks and segmenter already in memory, so
+nothing but a job index goes in and plain numbers come back. Where forking is not possible or
+not safe — a GPU (CUDA cannot be forked), Windows, or one job — :func:`map_jobs` runs the jobs
+in this process one after another.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from typing import Callable, Sequence
+
+import torch
+
+_WORK: dict = {}
+
+
+def default_jobs(n_jobs: int, device="cpu") -> int:
+    """Processes to use for ``n_jobs`` independent runs: the CPU cores (at most ``n_jobs``) on a
+    CPU where forking is available, else 1."""
+    if not can_fork(device):
+        return 1
+    return max(1, min(n_jobs, os.cpu_count() or 1))
+
+
+def can_fork(device="cpu") -> bool:
+    """Forked workers are possible: a CPU device on Linux or macOS, and torch has not started CUDA."""
+    return (str(device).startswith("cpu") and sys.platform != "win32" and "fork" in mp.get_all_start_methods()
+            and not (torch.cuda.is_available() and torch.cuda.is_initialized()))
+
+
+def _call(i: int):
+    torch.set_num_threads(1)
+    return _WORK["fn"](_WORK["jobs"][i])
+
+
+def map_jobs(fn: Callable, jobs: Sequence, processes: int | None = None, device="cpu", on_result: Callable | None = None) -> list:
+    """``[fn(job) for job in jobs]``, over ``processes`` forked workers (None: :func:`default_jobs`).
+
+    ``fn`` and the jobs may be closures or hold models (they are inherited, not pickled); each
+    result must be picklable. ``on_result(k, result)`` is called as each one arrives (in order),
+    e.g. to advance a progress bar.
+    """
+    jobs = list(jobs)
+    if processes is None:
+        processes = default_jobs(len(jobs), device)
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be an int >= 1 (or None: one per CPU core), got {processes!r}")
+    processes = min(processes, len(jobs)) if jobs else 1
+    out = []
+    if processes == 1 or not can_fork(device):
+        for k, job in enumerate(jobs):
+            out.append(fn(job))
+            if on_result:
+                on_result(k, out[-1])
+        return out
+    _WORK.update(fn=fn, jobs=jobs)
+    try:
+        with mp.get_context("fork").Pool(processes) as pool:
+            for k, r in enumerate(pool.imap(_call, range(len(jobs)), chunksize=1)):
+                out.append(r)
+                if on_result:
+                    on_result(k, r)
+    finally:
+        _WORK.clear()
+    return out
