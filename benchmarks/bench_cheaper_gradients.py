@@ -9,7 +9,9 @@ DDPO, ``rewards.colour_reward_map`` for PXPO), all through the public ``Trainer`
 * ``lora`` — ``TrainConfig(use_lora=True)``: rank-4 adapters instead of all weights (lr: the
   TrainConfig default for each, 1e-4 full UNet, 3e-4 LoRA);
 * ``ckpt`` and ``lora+ckpt`` — gradient checkpointing (``pxpo_lite.speed.apply_speedups(pipe,
-  gradient_checkpointing=True)``, i.e. ``unet.enable_gradient_checkpointing()``), alone and with LoRA.
+  gradient_checkpointing=True)``, i.e. ``unet.enable_gradient_checkpointing()``), alone and with LoRA;
+* ``channels_last``, ``prompt_cache`` and both — the exact speed-ups (``TrainConfig`` fields; see
+  ``benchmarks/bench_speedups.py``), here with their memory and reward next to the others.
 
 Every (option, method) runs in a **fresh subprocess** with one thread and the same seed and
 budget (``--epochs`` × 16 samples, 10 DDIM steps, train batch 8). Measured there:
@@ -45,6 +47,9 @@ OPTIONS = {
     "lora": {"use_lora": True},
     "ckpt": {"gradient_checkpointing": True},
     "lora+ckpt": {"use_lora": True, "gradient_checkpointing": True},
+    "channels_last": {"channels_last": True},
+    "prompt_cache": {"prompt_cache": True},
+    "channels_last+cache": {"channels_last": True, "prompt_cache": True},
 }
 BASE = dict(num_steps=10, samples_per_epoch=16, sample_batch_size=16, train_batch_size=8, use_lora=False, seed=0,
             progress=False)

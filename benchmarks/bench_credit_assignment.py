@@ -4,9 +4,9 @@ without the keep term, each at its own learning rate chosen by one rule.
 Full run (pilot over the lr grid with seed 0, then 5 seeds per method and task)::
 
     python benchmarks/bench_credit_assignment.py --seeds 0 1 2 3 4 --budget 160 \
-        --lr-grid 1e-5 3e-5 1e-4 3e-4 --pilot-seed 0 --tasks colour hair shirt_blue
+        --lr-grid 1e-5 3e-5 1e-4 3e-4 --pilot-seed 0 --track-every 3 --jobs 2
 
-Reduced run (one seed, a given lr for every method, 64 samples; ≤ 10 min on 2 CPU cores)::
+Reduced run (one seed, a given lr for every method, 64 samples, 2 processes; ≤ 10 min on 2 CPU cores)::
 
     python benchmarks/bench_credit_assignment.py --reduced
 
@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-REDUCED = dict(seeds=[0], budget=64, lr=["3e-5"], eval_per_prompt=4, n_boot=500)
+REDUCED = dict(seeds=[0], budget=64, lr=["3e-5"], eval_per_prompt=4, n_boot=500, jobs=2)
 """What ``--reduced`` sets (any of them given explicitly wins)."""
 
 FULL = dict(methods=6, tasks=3, lr_grid=4, seeds=5, budget=160)
@@ -64,11 +64,11 @@ def parse_args(argv=None):
     ap.add_argument("--num-steps", type=int, default=None, help="DDIM steps (default: experiments.DEFAULTS)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--reduced", action="store_true", help=f"the reduced run: {REDUCED}")
-    ap.add_argument("--jobs", type=int, default=1, help="processes (methods are shared out round-robin; each uses --threads)")
+    ap.add_argument("--jobs", type=int, default=None, help="processes (methods are shared out round-robin; each uses --threads; default 1, --reduced 2)")
     ap.add_argument("--part", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/credit_assignment[_reduced].json)")
     args = ap.parse_args(argv)
-    defaults = dict(seeds=[0, 1, 2, 3, 4], budget=160, eval_per_prompt=8, n_boot=2000)
+    defaults = dict(seeds=[0, 1, 2, 3, 4], budget=160, eval_per_prompt=8, n_boot=2000, jobs=1)
     for k, v in {**defaults, **(REDUCED if args.reduced else {})}.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)

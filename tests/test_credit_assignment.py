@@ -298,11 +298,12 @@ def test_bench_credit_assignment_cli(tmp_path, monkeypatch):
     for k, v in FAST.items():
         monkeypatch.setitem(E.DEFAULTS, k, v)
     out = tmp_path / "c.json"
-    res = bench.main(["--reduced", "--budget", "8", "--tasks", "colour", "--methods", "image", "pixel",
+    res = bench.main(["--reduced", "--budget", "8", "--tasks", "colour", "--methods", "image", "pixel", "--jobs", "1",
                       "--eval-per-prompt", "1", "--n-boot", "20", "--out", str(out)])
     data = json.loads(out.read_text())
     assert out.with_suffix(".png").exists() and data["config"]["command"].startswith("python benchmarks/bench_credit_assignment.py --reduced")
     assert data["config"]["seeds"] == [0] and data["config"]["learning_rates"]["colour"]["pixel"]["lr"] == 3e-5
+    assert bench.parse_args(["--reduced"]).jobs == 2 and bench.parse_args([]).jobs == 1
     assert data["timing"]["full_benchmark_estimate"]["runs"] == 162 and data["timing"]["total_cpu_s"] > 0
     assert data["summary"] == res["summary"]
     table2 = bench.lr_table([], ["colour"], ["image", "pixel"], previous=out)  # --lr-from reuses the chosen lrs
