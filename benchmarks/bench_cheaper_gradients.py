@@ -115,34 +115,37 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=4, help="epochs of 16 samples per run (the reward budget)")
     ap.add_argument("--methods", nargs="+", choices=["ddpo", "pxpo"], default=["ddpo", "pxpo"])
     ap.add_argument("--options", nargs="+", choices=list(OPTIONS), default=list(OPTIONS))
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1], help="torch threads per run (several: each option at each)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", nargs=2, metavar=("OPTION", "METHOD"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
-        print(json.dumps(worker(a.worker[0], a.worker[1], a.epochs, a.threads)))
+        print(json.dumps(worker(a.worker[0], a.worker[1], a.epochs, a.threads[0])))
         return {}
     t0 = time.perf_counter()
     runs = []
     for method in a.methods:
-        for option in a.options:
-            cmd = [sys.executable, __file__, "--worker", option, method, "--epochs", str(a.epochs), "--threads", str(a.threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if out.returncode:
-                raise RuntimeError(f"{option}/{method} failed:\n{out.stderr[-3000:]}")
-            runs.append(json.loads([l for l in out.stdout.splitlines() if l.startswith("{")][-1]))
-            r = runs[-1]
-            print(f"{method} {option}: {r['epoch_wall_s']:.2f} s/epoch, peak RSS {r['peak_rss_mb']:.0f} MB, "
-                  f"reward {r['reward_before']:.4f} -> {r['reward_after']:.4f}", flush=True)
+        for threads in a.threads:
+            for option in a.options:
+                cmd = [sys.executable, __file__, "--worker", option, method, "--epochs", str(a.epochs), "--threads", str(threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                if out.returncode:
+                    raise RuntimeError(f"{option}/{method} failed:\n{out.stderr[-3000:]}")
+                runs.append({**json.loads([l for l in out.stdout.splitlines() if l.startswith("{")][-1]), "threads": threads})
+                r = runs[-1]
+                print(f"{method} {option} ({threads} thread(s)): {r['epoch_wall_s']:.2f} s/epoch, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                      f"reward {r['reward_before']:.4f} -> {r['reward_after']:.4f}", flush=True)
     n = runs[0]["samples"] if runs else 0
     print(f"\n| method | option | epoch s (wall) | epoch CPU s | ratio (CPU, vs full) | update s | peak RSS MB "
           f"| RSS growth in training MB | trained params | reward before → after {n} samples |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
-        ref = next(x for x in runs if x["method"] == r["method"] and x["option"] == "full") if any(
-            x["method"] == r["method"] and x["option"] == "full" for x in runs) else r
+        same = [x for x in runs if x["method"] == r["method"] and x["option"] == "full" and x["threads"] == r["threads"]]
+        ref = same[0] if same else r
         r["cpu_ratio_vs_full"] = ref["epoch_cpu_s"] / r["epoch_cpu_s"]
-        print(f"| {r['method']} | {r['option']} | {r['epoch_wall_s']:.2f} | {r['epoch_cpu_s']:.2f} | {r['cpu_ratio_vs_full']:.2f} "
+        r["wall_ratio_vs_full"] = ref["epoch_wall_s"] / r["epoch_wall_s"]
+        label = r["option"] if len(a.threads) == 1 else f"{r['option']} ({r['threads']} threads)"
+        print(f"| {r['method']} | {label} | {r['epoch_wall_s']:.2f} | {r['epoch_cpu_s']:.2f} | {r['cpu_ratio_vs_full']:.2f} "
               f"| {r['update_wall_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['rss_growth_in_training_mb']:.0f} | {r['trained_params']:,} "
               f"| {r['reward_before']:.4f} → {r['reward_after']:.4f} |")
     result = {"command": "python benchmarks/bench_cheaper_gradients.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -167,3 +167,23 @@ def test_trainconfig_speed_fields_reach_the_pipeline():
     assert pipe.unet.is_gradient_checkpointing
     w = next(p for p in pipe.unet.parameters() if p.ndim == 4)
     assert w.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bench_cheaper_gradients_worker_measures_time_memory_and_reward(monkeypatch):
+    """One (option, method) of benchmarks/bench_cheaper_gradients.py in this process, on a small model."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_cheaper_gradients as bench
+
+    small = pxpo_lite.build_tiny_pipeline(seed=0, block_out_channels=(8, 16, 16))
+    monkeypatch.setattr(pxpo_lite, "load_tiny_pipeline", lambda *a, **k: copy.deepcopy(small))
+    monkeypatch.setitem(bench.BASE, "num_steps", 2)
+    monkeypatch.setattr(bench, "EVAL_N", 2)
+    assert {"channels_last", "prompt_cache", "channels_last+cache", "tf=0.5", "ckpt"} <= set(bench.OPTIONS)
+    r = bench.worker("channels_last+cache", "pxpo", 2, 1)
+    assert r["config"]["channels_last"] and r["config"]["prompt_cache"] and r["samples"] == 32
+    assert r["epoch_wall_s"] > 0 and r["peak_rss_mb"] > 0 and len(r["train_reward_by_epoch"]) == 2
+    assert all(isinstance(r[k], float) for k in ("reward_before", "reward_after"))
+    assert sys.modules["bench_cheaper_gradients"] is bench
