@@ -8,7 +8,7 @@ per worker); ``tests/test_experiments.py`` checks that.
 
 Workers are *forked*: they inherit the pipeline, tasks and segmenter already in memory, so
 nothing but a job index goes in and plain numbers come back. Where forking is not possible or
-not safe — a GPU (CUDA cannot be forked), Windows, or one job — :func:`map_jobs` runs the jobs
+not safe — a GPU (CUDA cannot be forked), macOS, Windows, or one job — :func:`map_jobs` runs the jobs
 in this process one after another.
 """
 from __future__ import annotations
@@ -32,8 +32,9 @@ def default_jobs(n_jobs: int, device="cpu") -> int:
 
 
 def can_fork(device="cpu") -> bool:
-    """Forked workers are possible: a CPU device on Linux or macOS, and torch has not started CUDA."""
-    return (str(device).startswith("cpu") and sys.platform != "win32" and "fork" in mp.get_all_start_methods()
+    """Forked workers are possible: a CPU device on Linux (Colab included), and torch has not started
+    CUDA. (macOS can fork, but its system frameworks are not fork-safe; Windows cannot.)"""
+    return (str(device).startswith("cpu") and sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
             and not (torch.cuda.is_available() and torch.cuda.is_initialized()))
 
 
