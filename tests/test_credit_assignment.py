@@ -325,3 +325,20 @@ def test_bench_credit_assignment_jobs_merge_the_parts(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.part*.json")), "part files are removed after the merge"
     assert set(res["summary"]["colour"]["methods"]) == {"image", "pixel", "pixel+keep"}
     assert data["config"]["command"].endswith(f"--jobs 2 --out {out}")
+
+
+def test_credit_goals_reads_a_result():
+    def row(frac, fid_ok, low, effect):
+        return {"samples_to_target": {"fraction_of_budget": frac}, "fidelity_ok_all_seeds": fid_ok, "fidelity_min_during": low,
+                "fidelity": {"mean": 0.95}, "effect_std": {"mean": effect}}
+
+    res = {"summary": {
+        "colour": {"target_improved": True, "methods": {"pixel+keep": row(0.2, True, 0.93, 1.2)}},
+        "hair": {"target_improved": True, "methods": {"pixel+keep": row(0.3, True, 0.85, 2.5)}},
+        "shirt_blue": {"target_improved": False, "methods": {"pixel+keep": row(0.0, True, None, 3.0)}},
+    }}
+    g = E.credit_goals(res)
+    assert g["colour"]["reach"]["met"] and g["colour"]["fidelity"]["met"] and g["colour"]["effect"]["met"]
+    assert not g["hair"]["reach"]["met"]  # 30 % of the budget > 25 %
+    assert not g["hair"]["fidelity"]["met"] and not g["hair"]["effect"]["met"]  # 85 % during training: not "all the way"
+    assert g["shirt_blue"]["reach"]["met"] is None and "effect" not in g["shirt_blue"]  # DDPO did not improve: no target

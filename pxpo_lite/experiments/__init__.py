@@ -44,6 +44,7 @@ from .credit import (
     evaluate,
     keep_supported,
     parse_method,
+    credit_goals,
     pilot_lr,
     region_change,
     run_credit,
@@ -88,6 +89,6 @@ __all__ = [
     # region tasks and the credit-assignment benchmark
     "CREDITS", "CREDIT_LABELS", "CREDIT_METHODS", "KEEP_BETA", "LABELS", "LR_GRID", "TASKS", "benchmark",
     "bootstrap_ci", "bootstrap_samples_to_target", "credit_table", "credit_task", "evaluate", "keep_supported",
-    "parse_method", "pilot_lr", "plot_credit_assignment", "region_change", "run_credit", "samples_to_target",
+    "parse_method", "credit_goals", "pilot_lr", "plot_credit_assignment", "region_change", "run_credit", "samples_to_target",
     "select_lr", "summarize_credit",
 ]

@@ -308,3 +308,35 @@ def summarize_credit(runs: dict, budget: int, window: int = 3, n_boot: int = 200
             s["methods"][m] = row
         out[task] = s
     return out
+
+
+GOALS = {"fraction_of_target_samples": 0.25, "effect_std": {"colour": 1.0, "hair": 2.0}, "fidelity": FIDELITY_THRESHOLD}
+"""The benchmark's goals for per-pixel credit with the keep term (``pixel+keep``)."""
+
+
+def credit_goals(result: dict, method: str = "pixel+keep") -> dict:
+    """Whether ``method`` met :data:`GOALS` in a benchmark result (its JSON or shipped copy), per task:
+    reaching the target (DDPO's final reward) within 25 % of the budget, fidelity ≥ 90 % at the end
+    on every seed and — where tracked — all the way, and the effect size (1.0 std colour, 2.0 hair).
+    Returns ``{task: {"reach": {...}, "fidelity": {...}, "effect": {...}}}`` with values and ``met``
+    (``None`` for "reach" when DDPO did not improve beyond noise: then its final reward is no target)."""
+    out: dict = {}
+    for task, s in result["summary"].items():
+        r = s["methods"].get(method)
+        if r is None:
+            continue
+        st = r.get("samples_to_target") or {}
+        frac = st.get("fraction_of_budget")
+        low = r.get("fidelity_min_during")
+        fid_ok = bool(r["fidelity_ok_all_seeds"]) and (low is None or low >= GOALS["fidelity"])
+        reached = frac is not None and frac <= GOALS["fraction_of_target_samples"]
+        g = {"reach": {"fraction_of_budget": frac, "target_improved": s.get("target_improved"),
+                       # a target DDPO did not move away from says nothing: neither met nor missed
+                       "met": None if s.get("target_improved") is False else reached},
+             "fidelity": {"end_mean": r["fidelity"]["mean"], "lowest_during": low, "met": fid_ok}}
+        want = GOALS["effect_std"].get(task)
+        if want is not None:
+            g["effect"] = {"mean": r["effect_std"]["mean"], "goal": want, "met": fid_ok and r["effect_std"]["mean"] >= want}
+        out[task] = g
+    return out
+

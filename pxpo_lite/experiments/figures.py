@@ -117,14 +117,19 @@ def credit_table(result: dict, task: str) -> str:
     s = result["summary"][task]
     lrs = result.get("config", {}).get("learning_rates", {}).get(task, {})
     region = any("change_ratio" in r for r in s["methods"].values())
+    during = any("fidelity_min_during" in r for r in s["methods"].values())
     head = ["method", "lr", "final reward", f"samples to reach {s.get('target_method') or '—'}'s final (of {s['budget']})",
-            "effect (std)", "fidelity"] + (["change inside / outside", "ratio"] if region else [])
+            "effect (std)", "fidelity"] + (["lowest fidelity during training"] if during else []) + (
+            ["change inside / outside", "ratio"] if region else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, r in s["methods"].items():
         lr = lrs.get(m, {})
         lr_s = "—" if not lr else f"{lr['lr']:g}" + ("" if lr.get("passed") is not False else " (none passed)")
         cells = [LABELS.get(m, m), lr_s, _fmt_ci(r["final_reward"]), _fmt_reach(r.get("samples_to_target"), s["budget"]),
                  _fmt_ci(r["effect_std"], "{:+.2f}"), _fmt_ci(r["fidelity"], "{:.0f} %", 100)]
+        if during:
+            low = r.get("fidelity_min_during")
+            cells.append("—" if low is None else f"{low * 100:.0f} %")
         if region:
             cells += [f"{r['change_inside']['mean']:.4f} / {r['change_outside']['mean']:.4f}" if "change_inside" in r else "—",
                       _fmt_ci(r.get("change_ratio"), "{:.1f}")]
