@@ -5,7 +5,7 @@
 
 Reads ``benchmarks/results/<name>.json`` (written by ``benchmarks/bench_<name>.py``; its exact
 command is in the file's ``config.command``) and writes ``pxpo_lite/assets/benchmarks/<name>.json``
-with the keys a notebook shows (``summary``, ``eval``, ``config``) and a ``source`` block naming
+with the keys a notebook shows (``summary``, ``eval``, ``config``, ``timing``) and a ``source`` block naming
 the file it came from, its SHA-256 and this command. The per-epoch ``runs`` stay in
 ``benchmarks/results/`` (they are only needed to redraw the curves). Re-run it after re-running
 the benchmark; ``tests/test_install.py`` fails when the two disagree.
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("summary", "eval", "config")
+KEYS = ("summary", "eval", "config", "timing")
 
 
 def shipped_copy(result: dict, source: Path) -> dict:
