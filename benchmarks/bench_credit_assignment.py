@@ -64,8 +64,7 @@ def parse_args(argv=None):
     ap.add_argument("--num-steps", type=int, default=None, help="DDIM steps (default: experiments.DEFAULTS)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--reduced", action="store_true", help=f"the reduced run: {REDUCED}")
-    ap.add_argument("--jobs", type=int, default=None, help="processes (methods are shared out round-robin; each uses --threads; default 1, --reduced 2)")
-    ap.add_argument("--part", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--jobs", type=int, default=None, help="processes (methods shared out round-robin, one thread each; default 1, --reduced 2)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/credit_assignment[_reduced].json)")
     args = ap.parse_args(argv)
     defaults = dict(seeds=[0, 1, 2, 3, 4], budget=160, eval_per_prompt=8, n_boot=2000, jobs=1)
@@ -101,43 +100,20 @@ def lr_table(entries, tasks, methods, previous: Path | None = None) -> dict:
     return table
 
 
-def run_parts(args, argv: list[str], methods: list[str]) -> dict:
-    """``--jobs N``: the methods shared out round-robin over N processes of this script (each
-    writes its runs to a part file), then merged; the summary is computed on the merged runs."""
-    import subprocess
-
-    from pxpo_lite import experiments as E
-
-    groups = [methods[i::args.jobs] for i in range(args.jobs) if methods[i::args.jobs]]
-    strip = {"--jobs", "--methods", "--out"}
-    base, skip = [], False
-    for a in argv:
-        if skip and not a.startswith("--"):
-            continue
-        skip = a in strip or any(a.startswith(f"{k}=") for k in strip)
-        if not skip:
-            base.append(a)
-    parts = [args.out.with_name(f"{args.out.stem}.part{i}.json") for i in range(len(groups))]
-    procs = [subprocess.Popen([sys.executable, __file__, *base, "--part", "--methods", *g, "--out", str(o)])
-             for g, o in zip(groups, parts)]
-    codes = [q.wait() for q in procs]
-    if any(codes):
-        raise SystemExit(f"a part failed (exit codes {codes}); its log is above")
-    loaded = [json.loads(o.read_text()) for o in parts]
-    out = loaded[0]
-    for other in loaded[1:]:
+def merge_parts(parts: list[dict], methods: list[str]) -> dict:
+    """One result from ``E.benchmark`` results over disjoint method groups (the same tasks and seeds):
+    runs and lrs united in the usual method order, pilot/run counts and CPU time summed."""
+    out = parts[0]
+    for other in parts[1:]:
         for t, by in other["runs"].items():
             out["runs"][t].update(by)
             out["lr"][t].update(other["lr"][t])
         for k in ("pilot_runs", "runs", "cpu_s"):
             out["timing"][k] = round(out["timing"][k] + other["timing"][k], 1)
-    for t in out["runs"]:  # the methods in their usual order
+    for t in out["runs"]:
         out["runs"][t] = {m: out["runs"][t][m] for m in methods}
         out["lr"][t] = {m: out["lr"][t][m] for m in methods}
-    out["timing"]["jobs"] = len(groups)
-    out["summary"] = E.summarize_credit(out["runs"], args.budget, args.window, args.n_boot, args.threshold)
-    for o in parts:
-        o.unlink()
+    out["timing"]["jobs"] = len(parts)
     return out
 
 
@@ -167,21 +143,20 @@ def main(argv=None) -> dict:
     tasks = [E.get_task(n, segmenter=seg) for n in args.tasks]
     overrides = {"num_steps": args.num_steps} if args.num_steps else {}
     keep_beta = E.KEEP_BETA if args.keep_beta is None else args.keep_beta
-    if args.jobs > 1 and not args.part:
-        out = run_parts(args, argv, methods)
-        wall, cpu = time.perf_counter() - t0, out["timing"]["cpu_s"]
-    else:
-        pipe = pxpo_lite.load_tiny_pipeline()
-        out = E.benchmark(pipe, tasks, methods, args.seeds, args.budget,
-                          lr_grid=args.lr_grid if args.lr_grid is not None else E.LR_GRID,
-                          lr_table=table, pilot_seed=args.pilot_seed, pilot_budget=args.pilot_budget, threshold=args.threshold,
-                          key=args.fidelity_key, per_prompt=args.eval_per_prompt, window=args.window, n_boot=args.n_boot,
-                          keep_beta=keep_beta, track_every=args.track_every, segmenter=seg, **overrides)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        if args.part:
-            out["config"] = {"learning_rates": out["lr"]}
-            args.out.write_text(json.dumps(out))
-            return out
+    pipe = pxpo_lite.load_tiny_pipeline()
+
+    def bench(group):
+        return E.benchmark(pipe, tasks, group, args.seeds, args.budget,
+                           lr_grid=args.lr_grid if args.lr_grid is not None else E.LR_GRID,
+                           lr_table=table, pilot_seed=args.pilot_seed, pilot_budget=args.pilot_budget, threshold=args.threshold,
+                           key=args.fidelity_key, per_prompt=args.eval_per_prompt, window=args.window, n_boot=args.n_boot,
+                           keep_beta=keep_beta, track_every=args.track_every, segmenter=seg, **overrides)
+
+    # --jobs N: the methods shared out round-robin over N forked processes (experiments.parallel), then merged
+    groups = [methods[i::args.jobs] for i in range(args.jobs) if methods[i::args.jobs]]
+    out = merge_parts(E.map_jobs(bench, groups, processes=len(groups)), methods)
+    out["summary"] = E.summarize_credit(out["runs"], args.budget, args.window, args.n_boot, args.threshold)
+    wall, cpu = time.perf_counter() - t0, out["timing"]["cpu_s"]
     info = json.loads((Path(pxpo_lite.models.TINY_PIPELINE_DIR) / "TRAINING.json").read_text())
     n_runs = out["timing"]["runs"] + out["timing"]["pilot_runs"]
     per_run = cpu / max(n_runs, 1)

@@ -224,10 +224,9 @@ def main(argv=None) -> dict:
                     "processes": args.jobs, "threads_per_process": 1},
         "wall_s": wall,
         "summary": summary,
-        "config": None,  # filled below: the command and settings (what scripts/ship_benchmark_results.py ships)
         "per_image": [{k: v for k, v in r.items() if k != "images"} for r in rows],
     }
-    result["config"] = {"command": result["command"], **result["settings"], "wall_s": round(wall, 1)}
+    result["config"] = {"command": result["command"], **result["settings"], "wall_s": round(wall, 1)}  # what is shipped
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))

@@ -63,6 +63,7 @@ from .evaluation import (
     table_row,
 )
 from .figures import LABELS, credit_table, pick_examples, plot_before_after, plot_comparison, plot_credit_assignment
+from .parallel import map_jobs
 from .runs import (
     DEFAULTS,
     GROUP_SIZE,
@@ -89,6 +90,6 @@ __all__ = [
     # region tasks and the credit-assignment benchmark
     "CREDITS", "CREDIT_LABELS", "CREDIT_METHODS", "KEEP_BETA", "LABELS", "LR_GRID", "TASKS", "benchmark",
     "bootstrap_ci", "bootstrap_samples_to_target", "credit_table", "credit_task", "evaluate", "keep_supported",
-    "parse_method", "credit_goals", "pilot_lr", "plot_credit_assignment", "region_change", "run_credit", "samples_to_target",
+    "parse_method", "credit_goals", "map_jobs", "pilot_lr", "plot_credit_assignment", "region_change", "run_credit", "samples_to_target",
     "select_lr", "summarize_credit",
 ]
