@@ -45,7 +45,7 @@ from .keep import keep_weights_from_heatmap
 from .pixelwise import to_sample_grid
 from .sampling import sample
 from .session_store import SessionError, SessionStore
-from .update import Keep, policy_gradient_step, summarise, trainable_steps
+from .update import Keep, policy_gradient_step, resolve_timestep_batch, summarise, trainable_steps
 
 #: RefineConfig's default β of the keep term, chosen by benchmarks/bench_localised_feedback.py
 KEEP_BETA = 10.0
@@ -102,6 +102,7 @@ class RefineConfig:
     lora_targets: tuple[str, ...] | None = None  # None: lora.TINY_TARGETS for pixel models, SD_TARGETS for SD
     keep_beta: float = KEEP_BETA   # β of the per-pixel keep term (update.Keep): unpainted pixels stay as they were; 0: off
     keep_liked: bool = True        # True: liked pixels are kept too (w = 1 there); False: only unpainted pixels are kept
+    timestep_batch: int | None = None  # timesteps scored per UNet forward (same result to float rounding); None: update.resolve_timestep_batch
 
     #: names used by sessions saved before the rename; :meth:`from_dict` maps/ignores them
     LEGACY = {"lr": "learning_rate", "min_sigma": None}
@@ -119,6 +120,8 @@ class RefineConfig:
         check_number("RefineConfig.max_grad_norm", self.max_grad_norm, above=0, optional=True)
         check_number("RefineConfig.keep_beta", self.keep_beta, at_least=0)
         check_bool("RefineConfig.keep_liked", self.keep_liked)
+        if self.timestep_batch is not None:
+            check_positive_int("RefineConfig.timestep_batch", self.timestep_batch)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RefineConfig":
@@ -153,13 +156,15 @@ def pxpo_refine(pipe, traj, advantages: torch.Tensor, params: Sequence[torch.nn.
     pairs = [(torch.arange(len(traj)), i) for i in steps]  # every sample (one image) at every stochastic step
     A = advantages.to(traj.log_probs.device)
     keep = Keep(config.keep_beta, None if keep_weights is None else keep_weights.to(A.device)) if config.keep_beta > 0 else None
+    tb = resolve_timestep_batch(config.timestep_batch, pipe, traj, len(traj))
     was_training = pipe.unet.training
     pipe.unet.eval()  # no dropout: the ratio is exactly 1 before the first step
     infos = []
     try:
         for k in tqdm(range(config.updates_per_round), disable=not progress, desc="PXPO refinement", leave=False):
             res = policy_gradient_step(pipe, traj, A, pairs, opt, params, method="pxpo", clip_range=config.clip_range,
-                                       max_grad_norm=config.max_grad_norm, keep=keep, where=f", refinement step {k + 1}")
+                                       max_grad_norm=config.max_grad_norm, keep=keep, where=f", refinement step {k + 1}",
+                                       timestep_batch=tb)
             infos.append({**summarise(res.infos), "grad_norm": res.grad_norm})
     finally:
         pipe.unet.train(was_training)

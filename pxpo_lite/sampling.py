@@ -27,7 +27,7 @@ import torch
 from .ddim import check_eta, check_scheduler, ddim_step_logprob
 from .trajectory import Trajectory
 
-__all__ = ["Trajectory", "sample", "step_log_prob", "rescore", "model_output", "initial_latents", "decode",
+__all__ = ["Trajectory", "sample", "step_log_prob", "step_log_probs", "rescore", "model_output", "stacked_model_output", "initial_latents", "decode",
            "resolve_guidance_scale", "uses_guidance", "unet_dtype", "pipeline_device", "sync_scheduler", "SD_DEFAULT_GUIDANCE"]
 
 #: DDPO's classifier-free guidance for Stable Diffusion (ddpo-pytorch default), used when a
@@ -126,6 +126,36 @@ def model_output(pipe, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Ten
         return out_u + guidance_scale * (out_c - out_u)
     x_in = pipe.scheduler.scale_model_input(x, t)
     return pipe.unet(x_in, t, encoder_hidden_states=cond).sample
+
+
+def stacked_model_output(pipe, xs: list, ts: list, cond: torch.Tensor, uncond: torch.Tensor | None,
+                         guidance_scale: float) -> list:
+    """:func:`model_output` for k timesteps of the same b samples in ONE UNet call.
+
+    ``xs``: k tensors x_t (b,C,h,w), ``ts``: their k timesteps. The k·b rows (2·k·b with
+    guidance: [uncond rows; cond rows]) go through the UNet together, each row with its own
+    timestep, and the k guided predictions come back as a list. Every row is computed as in
+    :func:`model_output` (the UNet treats rows independently: GroupNorm, no batch statistics), so
+    the result equals k separate calls up to float rounding (≤ 1e-6 on CPU float32), for the cost
+    of one call with k× the activation memory (``TrainConfig.timestep_batch``). k = 1 is exactly
+    :func:`model_output`.
+    """
+    if len(xs) != len(ts) or not xs:
+        raise ValueError(f"xs and ts must be two non-empty lists of the same length, got {len(xs)} and {len(ts)}")
+    if len(xs) == 1:
+        return [model_output(pipe, xs[0], ts[0], cond, uncond, guidance_scale)]
+    k, b = len(xs), xs[0].shape[0]
+    x = torch.cat([pipe.scheduler.scale_model_input(xi, ti) for xi, ti in zip(xs, ts)])
+    tv = torch.cat([torch.as_tensor(ti, device=x.device).reshape(1).expand(b) for ti in ts])
+    rep = (k,) + (1,) * (cond.ndim - 1)
+    if uncond is not None:
+        out = pipe.unet(torch.cat([x, x]), torch.cat([tv, tv]),
+                        encoder_hidden_states=torch.cat([uncond.repeat(rep), cond.repeat(rep)])).sample
+        out_u, out_c = out.chunk(2)
+        out = out_u + guidance_scale * (out_c - out_u)
+    else:
+        out = pipe.unet(x, tv, encoder_hidden_states=cond.repeat(rep)).sample
+    return list(out.split(b))
 
 
 def _progress(iterable, progress: bool, desc: str):
@@ -289,19 +319,31 @@ def step_log_prob(pipe, traj: Trajectory, step_index: int, sample_idx=None) -> t
     (b,C,h,w) float32 for the samples ``sample_idx`` (default: all). Put the UNet in ``eval()``
     mode (no dropout) if you expect the sampling-time log-probs back.
     """
-    i = _check_step_index(traj, step_index)
+    return step_log_probs(pipe, traj, [step_index], sample_idx)[0]
+
+
+def step_log_probs(pipe, traj: Trajectory, step_indices, sample_idx=None) -> list:
+    """:func:`step_log_prob` for several stored steps of the same samples from ONE UNet forward.
+
+    Returns one (b,C,h,w) float32 log-prob per index of ``step_indices``, WITH gradients, equal to
+    separate :func:`step_log_prob` calls up to float rounding (:func:`stacked_model_output`).
+    The trainer uses it to score ``TrainConfig.timestep_batch`` timesteps at a time.
+    """
+    steps = [_check_step_index(traj, i) for i in step_indices]
+    if not steps:
+        raise ValueError("step_indices is empty: give at least one stored step index")
     scheduler = sync_scheduler(pipe, traj)
     sub = traj if sample_idx is None else traj.select(sample_idx)
     device, dtype = pipeline_device(pipe), unet_dtype(pipe)
-    x_t = sub.latents[:, i].to(device=device, dtype=dtype)
-    x_prev = sub.latents[:, i + 1].to(device=device, dtype=dtype)
+    xs = [sub.latents[:, i].to(device=device, dtype=dtype) for i in steps]
     cond = sub.prompt_embeds.to(device=device, dtype=dtype)
     uncond = None if sub.negative_prompt_embeds is None else sub.negative_prompt_embeds.to(device=device, dtype=dtype)
     w = sub.guidance_scale if uncond is not None else 1.0
-    t = scheduler.timesteps[i]
-    out = model_output(pipe, x_t, t, cond, uncond, w)
-    _, lp = ddim_step_logprob(scheduler, out, t, x_t, eta=sub.eta, prev_sample=x_prev)
-    return lp
+    ts = [scheduler.timesteps[i] for i in steps]
+    outs = stacked_model_output(pipe, xs, ts, cond, uncond, w)
+    return [ddim_step_logprob(scheduler, out, t, x_t, eta=sub.eta,
+                              prev_sample=sub.latents[:, i + 1].to(device=device, dtype=dtype))[1]
+            for out, t, x_t, i in zip(outs, ts, xs, steps)]
 
 
 @torch.no_grad()

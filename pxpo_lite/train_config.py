@@ -33,6 +33,7 @@ class TrainConfig:
     train_batch_size: int = 8  # samples per forward/backward micro-batch, per process
     grad_accum_steps: int = 1  # micro-batches (each over its timesteps) accumulated into one optimiser step
     inner_epochs: int = 1  # passes over each epoch's samples (DDPO's num_inner_epochs)
+    timestep_batch: int | None = None  # timesteps of a micro-batch scored in one UNet forward (same gradient to float rounding, k× activation memory); None: update.resolve_timestep_batch (1 for SD, several for small models)
     timestep_fraction: float = 1.0  # share of each micro-batch's stochastic steps (σ_t > 0) trained on (random subset)
     learning_rate: float | None = None  # AdamW lr; None: 3e-4 with LoRA (DDPO), 1e-4 for the full UNet
     adam_betas: tuple = (0.9, 0.999)  # AdamW betas
@@ -95,6 +96,8 @@ def check_config(config: TrainConfig, num_processes: int = 1) -> None:
     if c.eta is None or isinstance(c.eta, bool) or not isinstance(c.eta, (int, float)) or not 0 < c.eta <= 1:
         raise ValueError(f"eta must be a number in (0, 1] (η = 0 makes the step deterministic: no log-prob), got {c.eta!r}")
     check_number("guidance_scale", c.guidance_scale, at_least=0, optional=True)
+    if c.timestep_batch is not None:
+        check_positive_int("timestep_batch", c.timestep_batch)
     check_number("timestep_fraction", c.timestep_fraction, above=0, at_most=1)
     check_number("learning_rate", c.learning_rate, above=0, optional=True)
     check_number("max_grad_norm", c.max_grad_norm, above=0, optional=True)

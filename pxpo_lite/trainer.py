@@ -58,7 +58,7 @@ from .sampling import Trajectory, sample
 from .speed import apply_speedups
 from .train_config import TrainConfig, check_config
 from .trainer_checkpoint import TRAINER_KIND as CHECKPOINT_KIND, load_trainer_checkpoint, save_trainer_checkpoint
-from .update import Keep, TrainingError, policy_gradient_step, summarise, trainable_steps
+from .update import Keep, TrainingError, policy_gradient_step, resolve_timestep_batch, summarise, trainable_steps
 from .world import all_prompts
 
 __all__ = ["CHECKPOINT_KIND", "TrainConfig", "Trainer", "TrainingError", "check_config"]
@@ -248,6 +248,7 @@ class Trainer:
         g = generator if generator is not None else _gen(c.seed, self.epoch, acc.process_index, "update")
         steps = self.trainable_steps(traj)
         n_t = max(1, round(len(steps) * c.timestep_fraction))
+        tb = resolve_timestep_batch(c.timestep_batch, self.pipe, traj, c.train_batch_size)
         infos, norms = [], []
         for _inner in range(c.inner_epochs):
             micro_batches = torch.randperm(len(traj), generator=g).split(c.train_batch_size)
@@ -258,12 +259,13 @@ class Trainer:
                 where = f" on process {acc.process_index}" if acc.num_processes > 1 else ""
                 res = policy_gradient_step(self.pipe, traj, advantages.to(acc.device), pairs, self.optimizer, self.params,
                                            method=c.method, clip_range=c.clip_range, max_grad_norm=c.max_grad_norm,
-                                           accelerator=acc, keep=keep, where=f"{where}, epoch {self.epoch}")
+                                           accelerator=acc, keep=keep, where=f"{where}, epoch {self.epoch}",
+                                           timestep_batch=tb)
                 infos += res.infos
                 norms.append(res.grad_norm)
                 self.global_step += 1
         return {**summarise(infos), "grad_norm": float(sum(norms) / len(norms)), "optimizer_steps": len(norms),
-                "train_timesteps": n_t}
+                "train_timesteps": n_t, "timestep_batch": tb}
 
     # -- the epoch loop --------------------------------------------------------------------------
     def train_epoch(self) -> dict:

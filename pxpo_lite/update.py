@@ -6,7 +6,8 @@ call :func:`policy_gradient_step`. One call is one optimiser step (docs/paper.md
 "Pixel-wise policy optimisation"):
 
 1. for every (samples, timestep index) pair: **re-score** the stored transition x_t → x_{t−1}
-   under the current weights, with gradients (:func:`pxpo_lite.sampling.step_log_prob`);
+   under the current weights, with gradients (:func:`pxpo_lite.sampling.step_log_probs`:
+   ``timestep_batch`` timesteps of one micro-batch share one UNet forward);
 2. the **per-step loss** (:func:`step_loss`): ``ddpo_loss`` (one advantage per sample, (b,)) or
    ``pxpo_loss`` (one advantage per element of the sample grid, (b,h,w)), plus the optional
    per-pixel **keep term** β·mean(w·(μ_θ − μ_ref)²/(2σ_t²)) (:class:`Keep`, :mod:`pxpo_lite.keep`:
@@ -38,7 +39,7 @@ import torch
 from . import keep as keep_lib
 from .ddim import trainable_step_indices
 from .losses import NonFiniteError, ddpo_loss, pxpo_loss
-from .sampling import step_log_prob
+from .sampling import step_log_probs
 
 LOSSES = {"ddpo": ddpo_loss, "pxpo": pxpo_loss}
 """Method name -> per-timestep loss ``(log_prob, old_log_prob, advantages, clip_range) -> (loss, info)``."""
@@ -183,6 +184,49 @@ def _not_finite(what: str, t: torch.Tensor, traj, idx: torch.Tensor, step: int, 
         )
 
 
+#: :func:`resolve_timestep_batch`'s budget: UNet input elements per forward (rows × C·h·w); the
+#: tiny model at micro-batch 8 gets 5 timesteps per forward, one painted image (batch 1) all 20,
+#: the tiny SD of the TRL benchmark (batch 4, guided) all 20.
+TIMESTEP_BATCH_ELEMENTS = 2**17
+#: UNets with at least this many parameters (Stable Diffusion: 860 M) score one timestep per forward
+#: by default: their activations, not the per-call overhead, bound a step.
+TIMESTEP_BATCH_MAX_PARAMS = 100_000_000
+
+
+def resolve_timestep_batch(timestep_batch: int | None, pipe, traj, micro_batch: int) -> int:
+    """``timestep_batch`` as given, or for None the default: 1 for a large UNet
+    (≥ ``TIMESTEP_BATCH_MAX_PARAMS``), else as many timesteps as keep one forward within
+    ``TIMESTEP_BATCH_ELEMENTS`` input elements (at least 1, at most the trajectory's steps).
+
+    Measured (``python benchmarks/bench_speedups.py``): scoring several timesteps per forward pays
+    where the per-call overhead dominates (small batches, small latents) and not for large ones.
+    """
+    if timestep_batch is not None:
+        if isinstance(timestep_batch, bool) or not isinstance(timestep_batch, int) or timestep_batch < 1:
+            raise ValueError(f"timestep_batch must be None (automatic) or an int >= 1 (timesteps per UNet forward), got {timestep_batch!r}")
+        return timestep_batch
+    if sum(p.numel() for p in pipe.unet.parameters()) >= TIMESTEP_BATCH_MAX_PARAMS:
+        return 1
+    rows = micro_batch * (2 if traj.negative_prompt_embeds is not None else 1)
+    per_step = rows * math.prod(traj.latents.shape[2:])
+    return max(1, min(traj.num_steps, TIMESTEP_BATCH_ELEMENTS // max(1, per_step)))
+
+
+def group_pairs(pairs: Sequence[tuple[torch.Tensor, int]], timestep_batch: int) -> list[list[tuple[torch.Tensor, int]]]:
+    """Consecutive pairs of the same micro-batch, ``timestep_batch`` at a time: each group is one UNet
+    forward (:func:`pxpo_lite.sampling.step_log_probs`). The pairs' order is kept."""
+    if isinstance(timestep_batch, bool) or not isinstance(timestep_batch, int) or timestep_batch < 1:
+        raise ValueError(f"timestep_batch must be an int >= 1 (timesteps per UNet forward), got {timestep_batch!r}")
+    groups: list[list] = []
+    for idx, i in pairs:
+        last = groups[-1] if groups else None
+        if last is not None and len(last) < timestep_batch and (last[0][0] is idx or torch.equal(last[0][0], idx)):
+            last.append((idx, i))
+        else:
+            groups.append([(idx, i)])
+    return groups
+
+
 # --------------------------------------------------------------------------------------------
 # One optimiser step
 # --------------------------------------------------------------------------------------------
@@ -202,6 +246,7 @@ def policy_gradient_step(
     extra_loss: Callable | None = None,
     keep: Keep | None = None,
     where: str = "",
+    timestep_batch: int = 1,
 ) -> StepResult:
     """One optimiser step from the (sample indices, timestep index) ``pairs`` of ``traj`` (module docstring).
 
@@ -220,6 +265,10 @@ def policy_gradient_step(
             policy loss of that pair, ``info`` to its diagnostics.
         keep: the per-pixel keep term (:class:`Keep`); None or β = 0: off (no reference forward).
         where: appended to error messages (e.g. ``", epoch 3"``).
+        timestep_batch: how many timesteps of one micro-batch go through the UNet in one forward
+            (:func:`group_pairs`; 1: one forward per pair). The gradient is the same up to float
+            rounding; larger is faster where the UNet's per-call overhead dominates (small models,
+            small batches) and needs that many times the activation memory.
     """
     check_advantages(method, advantages, traj)
     if keep is not None and not isinstance(keep, Keep):
@@ -236,32 +285,35 @@ def policy_gradient_step(
     infos = []
     optimizer.zero_grad(set_to_none=True)
     try:
-        for idx, i in pairs:
-            # 1. re-score x_t -> x_{t-1} with gradients: (b,C,h,w); with the keep term the same
-            #    forward also gives μ_θ, and one no-grad forward of the reference gives μ_ref
-            kt = None
+        for group in group_pairs(pairs, timestep_batch):
+            # 1. re-score x_t -> x_{t-1} with gradients: (b,C,h,w) per pair, the group's timesteps of one
+            #    micro-batch in one UNet forward; with the keep term the same forward also gives μ_θ, and
+            #    one no-grad forward of the reference gives μ_ref
+            idx, steps = group[0][0], [i for _, i in group]
             with autocast():
                 if use_keep:
-                    pol = keep_lib.step_means(pipe, traj, i, idx)
-                    ref = keep_lib.step_means(pipe, traj, i, idx, reference=True, reference_unet=keep.reference_unet)
-                    lp = pol.log_prob.float()
+                    pols = keep_lib.steps_means(pipe, traj, steps, idx)
+                    refs = keep_lib.steps_means(pipe, traj, steps, idx, reference=True, reference_unet=keep.reference_unet)
+                    lps = [pol.log_prob.float() for pol in pols]
                 else:
-                    lp = step_log_prob(pipe, traj, i, idx).float()
-            _not_finite("log-prob", lp, traj, idx, i, where)
-            if use_keep:
-                kt = keep.term(pol, ref, idx)
-            # 2. the loss of this pair (+ the keep term, + the optional extra term)
-            old = traj.log_probs[idx, i].to(lp.device)
-            loss, info = step_loss(method, lp, old, advantages[idx.to(advantages.device)].to(lp.device), clip_range, kt)
-            if extra_loss is not None:
-                term, extra_info = extra_loss(pipe, traj, idx, i, lp)
-                loss = loss + term
-                info = {**info, **extra_info, "loss": float(loss.detach())}
-            if not torch.isfinite(loss):
-                _not_finite("loss", loss.detach().expand(len(idx)), traj, idx, i, where)
+                    lps = [lp.float() for lp in step_log_probs(pipe, traj, steps, idx)]
+            group_loss = 0.0
+            for k, (lp, i) in enumerate(zip(lps, steps)):
+                _not_finite("log-prob", lp, traj, idx, i, where)
+                kt = keep.term(pols[k], refs[k], idx) if use_keep else None
+                # 2. the loss of this pair (+ the keep term, + the optional extra term)
+                old = traj.log_probs[idx, i].to(lp.device)
+                loss, info = step_loss(method, lp, old, advantages[idx.to(advantages.device)].to(lp.device), clip_range, kt)
+                if extra_loss is not None:
+                    term, extra_info = extra_loss(pipe, traj, idx, i, lp)
+                    loss = loss + term
+                    info = {**info, **extra_info, "loss": float(loss.detach())}
+                if not torch.isfinite(loss):
+                    _not_finite("loss", loss.detach().expand(len(idx)), traj, idx, i, where)
+                group_loss = group_loss + loss
+                infos.append(info)
             # 3. accumulate the mean gradient over the pairs
-            backward(loss / len(pairs))
-            infos.append(info)
+            backward(group_loss / len(pairs))
         # 4. average over processes, clip
         (average or (lambda ps: average_gradients(ps, accelerator)))(params)
         if max_grad_norm is not None:

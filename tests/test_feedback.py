@@ -194,8 +194,8 @@ def test_nan_during_refinement_stops_before_the_step(pipe, tmp_path, monkeypatch
     """The feedback loop has the trainer's NaN guard (one update path): no NaN image is saved."""
     s = FeedbackSession(pipe, PROMPT, seed=3, folder=tmp_path / "s", config=RefineConfig(**CFG, keep_beta=0.0))
     adapters = s.adapter_state()
-    orig = update_mod.step_log_prob  # without the keep term the update re-scores with step_log_prob
-    monkeypatch.setattr(update_mod, "step_log_prob", lambda *a: orig(*a) * float("nan"))
+    orig = update_mod.step_log_probs  # without the keep term the update re-scores with step_log_probs
+    monkeypatch.setattr(update_mod, "step_log_probs", lambda *a: [lp * float("nan") for lp in orig(*a)])
     with pytest.raises(TrainingError, match=r"log-prob is NaN/inf for sample 0 .*refinement step 1.*weights untouched"):
         s.step(_maps()[0])
     assert s.rounds == [] and not (tmp_path / "s" / "round_001").exists()
@@ -347,16 +347,16 @@ def test_keep_weights_reach_the_update_from_the_painted_map(pipe, monkeypatch):
 
 
 def test_nan_during_refinement_with_the_keep_term_stops_before_the_step(pipe, monkeypatch):
-    """With the keep term the update re-scores through keep.step_means: the same NaN guard applies."""
+    """With the keep term the update re-scores through keep.steps_means: the same NaN guard applies."""
     s = FeedbackSession(pipe, PROMPT, seed=3, config=RefineConfig(**CFG, keep_beta=10.0))
     adapters = s.adapter_state()
-    orig = update_mod.keep_lib.step_means
+    orig = update_mod.keep_lib.steps_means
 
     def nan_means(*a, **k):
-        g = orig(*a, **k)
-        return g._replace(log_prob=g.log_prob * float("nan")) if not k.get("reference") else g
+        gs = orig(*a, **k)
+        return [g._replace(log_prob=g.log_prob * float("nan")) for g in gs] if not k.get("reference") else gs
 
-    monkeypatch.setattr(update_mod.keep_lib, "step_means", nan_means)
+    monkeypatch.setattr(update_mod.keep_lib, "steps_means", nan_means)
     with pytest.raises(TrainingError, match=r"log-prob is NaN/inf for sample 0 .*refinement step 1.*weights untouched"):
         s.step(_maps()[0])
     assert s.rounds == []

@@ -165,13 +165,12 @@ def test_nan_reward_stops_before_update():
 def test_nan_log_prob_names_sample_and_timestep(monkeypatch):
     tr = make(train_batch_size=4)
     w0 = weights(tr)
-    orig = update_mod.step_log_prob
+    orig = update_mod.step_log_probs
 
-    def poisoned(pipe, traj, step, idx):
-        lp = orig(pipe, traj, step, idx)
-        return lp + torch.where(idx == 2, float("nan"), 0.0).view(-1, 1, 1, 1)
+    def poisoned(pipe, traj, steps, idx):
+        return [lp + torch.where(idx == 2, float("nan"), 0.0).view(-1, 1, 1, 1) for lp in orig(pipe, traj, steps, idx)]
 
-    monkeypatch.setattr(update_mod, "step_log_prob", poisoned)
+    monkeypatch.setattr(update_mod, "step_log_probs", poisoned)
     with pytest.raises(TrainingError, match=r"log-prob is NaN/inf for sample 2 .*timestep index \d \(t = \d+\)"):
         tr.train_epoch()
     assert same(w0, weights(tr))
@@ -296,3 +295,16 @@ def test_same_trainer_on_a_tiny_stable_diffusion_pipeline(tmp_path):
     tr.save_checkpoint(tmp_path / "ck")
     tr.save_lora(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_timestep_batch_config_and_same_training():
+    """timestep_batch: checked up front; any value trains the same weights (float rounding)."""
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="timestep_batch"):
+            check_config(small(timestep_batch=bad))
+    a, b = make(timestep_batch=1), make(timestep_batch=None)
+    ra, rb = a.train_epoch(), b.train_epoch()
+    assert ra["timestep_batch"] == 1 and rb["timestep_batch"] > 1
+    assert ra["reward_mean"] == rb["reward_mean"]  # same samples
+    for pa, pb in zip(a.params, b.params):  # Adam's first step is ±lr (1e-4) per weight: allow a fifth of one step
+        torch.testing.assert_close(pa, pb, rtol=0, atol=2e-5)

@@ -9,7 +9,7 @@ import torch
 from pxpo_lite import keep, lora, update
 from pxpo_lite.losses import ddpo_loss, pxpo_loss
 from pxpo_lite.models import build_tiny_pipeline
-from pxpo_lite.sampling import sample, step_log_prob
+from pxpo_lite.sampling import sample, step_log_prob, step_log_probs
 from pxpo_lite.update import Keep, TrainingError, policy_gradient_step, summarise, trainable_steps
 
 PROMPTS = [
@@ -77,8 +77,8 @@ def test_nan_log_prob_stops_before_the_step(monkeypatch):
     pipe, traj, params = setup()
     before = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=1.0)
-    orig = update.step_log_prob
-    monkeypatch.setattr(update, "step_log_prob", lambda *a: orig(*a) * float("nan"))
+    orig = update.step_log_probs
+    monkeypatch.setattr(update, "step_log_probs", lambda *a: [lp * float("nan") for lp in orig(*a)])
     with pytest.raises(TrainingError, match=r"log-prob is NaN/inf for sample 1 \(prompt 'a portrait.*timestep index 0 \(t = \d+\), round 7.*weights untouched"):
         policy_gradient_step(pipe, traj, torch.zeros(2), [(torch.tensor([1]), 0)], opt, params, method="ddpo", where=", round 7")
     assert all(torch.equal(a, p) for a, p in zip(before, params)) and all(p.grad is None for p in params)
@@ -225,3 +225,73 @@ def test_keep_bad_arguments_are_named():
     with pytest.raises(ValueError, match="Keep.weights has 3 maps but the trajectory has 2 samples"):
         policy_gradient_step(pipe, traj, torch.zeros(2), [(torch.arange(2), 0)], opt, params, method="ddpo",
                              keep=Keep(1.0, torch.ones(3, 32, 32), keep.frozen_copy(pipe.unet)))
+
+
+# --------------------------------------------------------------------------------------------
+# Several timesteps per UNet forward (TrainConfig.timestep_batch)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_step_log_probs_equal_one_step_at_a_time(guidance):
+    pipe = copy.deepcopy(_base())
+    pipe.unet.eval()
+    traj = sample(pipe, PROMPTS, num_steps=4, guidance_scale=guidance, generator=torch.Generator().manual_seed(0), progress=False)
+    assert (traj.negative_prompt_embeds is not None) == (guidance != 1.0)
+    idx = torch.tensor([1, 0])
+    together = step_log_probs(pipe, traj, [0, 2, 3], idx)
+    for lp, i in zip(together, [0, 2, 3]):
+        torch.testing.assert_close(lp, step_log_prob(pipe, traj, i, idx), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lp.detach(), traj.log_probs[idx, i], rtol=1e-4, atol=1e-4)  # unchanged weights
+    assert torch.equal(step_log_probs(pipe, traj, [2], idx)[0], step_log_prob(pipe, traj, 2, idx))  # k = 1: the same call
+
+
+@pytest.mark.parametrize("method,beta", [("ddpo", 0.0), ("pxpo", 0.0), ("pxpo", 2.0)])
+def test_timestep_batch_gives_the_same_gradient(method, beta):
+    """One forward per micro-batch over its timesteps = one forward per pair, to float rounding
+    (the keep term's reference forward is batched the same way)."""
+    pipe, traj, params = setup(n=2, num_steps=4)
+    lora.add_lora(pipe.unet, rank=2, target_modules=lora.TINY_TARGETS) if beta else None
+    params = lora.lora_parameters(pipe.unet) if beta else params
+    if beta:  # B = 0 at the start: move off the reference so that the keep term has a gradient
+        with torch.no_grad():
+            for p in params:
+                p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    adv = torch.tensor([1.0, -0.5]) if method == "ddpo" else torch.randn(2, 32, 32, generator=torch.Generator().manual_seed(1))
+    a, b = torch.tensor([0]), torch.tensor([1])
+    pairs = [(a, 0), (a, 1), (a, 2), (b, 0), (b, 2)]  # stochastic steps only (the 4th has σ_t = 0)
+    kp = Keep(beta) if beta else None
+    seen, infos = [], []
+    for tb in (1, 2, 5):
+        opt = Recorder(params)
+        res = policy_gradient_step(pipe, traj, adv, pairs, opt, params, method=method, keep=kp, timestep_batch=tb, clip_range=0.1)
+        seen.append(opt.seen[0])
+        infos.append(res.infos)
+    for other, info in zip(seen[1:], infos[1:]):
+        scale = max(float(g.abs().max()) for g in seen[0])
+        for g1, g in zip(seen[0], other):
+            assert float((g - g1).abs().max()) <= 1e-3 * scale  # float32 rounding (×1/σ_t² in the log-prob), not a different gradient
+        for d1, d in zip(infos[0], info):
+            assert d.keys() == d1.keys()
+            assert all(d[k] == pytest.approx(d1[k], rel=1e-3, abs=1e-6, nan_ok=True) for k in d), (d, d1)
+
+
+def test_group_pairs_keeps_order_and_micro_batches():
+    a, b = torch.tensor([0, 1]), torch.tensor([2, 3])
+    pairs = [(a, 0), (a, 1), (a, 2), (b, 0), (torch.tensor([2, 3]), 1), (a, 3)]
+    groups = update.group_pairs(pairs, 2)
+    assert [[i for _, i in g] for g in groups] == [[0, 1], [2], [0, 1], [3]]
+    assert [g[0][0].tolist() for g in groups] == [[0, 1], [0, 1], [2, 3], [0, 1]]
+    assert len(update.group_pairs(pairs, 1)) == 6 and len(update.group_pairs(pairs, 99)) == 3
+    for bad in (0, -1, 1.5, True, None):
+        with pytest.raises(ValueError, match="timestep_batch must be"):
+            update.group_pairs(pairs, bad)
+
+
+def test_resolve_timestep_batch_rule():
+    pipe, traj, _ = setup(n=2, num_steps=20)  # tiny model: 3×32×32 samples, no guidance
+    assert update.resolve_timestep_batch(3, pipe, traj, 8) == 3
+    assert update.resolve_timestep_batch(None, pipe, traj, 8) == update.TIMESTEP_BATCH_ELEMENTS // (8 * 3 * 32 * 32) == 5
+    assert update.resolve_timestep_batch(None, pipe, traj, 1) == 20  # one painted image: every step at once
+    big = type("P", (), {"unet": torch.nn.Linear(10_000, 10_000, device="meta")})()  # 100 M parameters, no memory
+    assert update.resolve_timestep_batch(None, big, traj, 1) == 1  # Stable Diffusion-sized UNet: one step per forward
+    with pytest.raises(ValueError, match="timestep_batch must be None .*or an int >= 1"):
+        update.resolve_timestep_batch(0, pipe, traj, 8)
