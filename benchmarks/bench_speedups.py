@@ -12,7 +12,10 @@ steps, train batch 8, full UNet) and the tiny Stable Diffusion pipeline built in
    machine disturb far less than wall time, and wall time): ``channels_last``; ``prompt_cache`` (text
    embeddings once per prompt); ``bf16_autocast`` (the whole epoch, sampling and update, under
    ``torch.autocast("cpu", torch.bfloat16)``) and bf16 autocast of one UNet forward+backward;
-   with ``--compile``, ``torch.compile`` of the UNet (first epoch = compile time, then steady state).
+   with ``--compile``, ``torch.compile`` of the UNet (first epoch = compile time, then steady state);
+   ``timestep_batch`` (the default ``TrainConfig.timestep_batch=None``: all of a micro-batch's
+   trained timesteps, up to a size budget, in one UNet forward; the base scores one timestep per
+   forward) and ``sample_batch_16`` (the epoch's 16 samples in one sampling call).
    Exactness: the first epoch's sampled log-probs and the weights after it are compared with the
    base copy's (max abs difference; 0.0 = same numbers).
 3. **CFG in training** (tiny SD, guidance 5): the update re-runs the UNet on [uncond; cond] with
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import platform
 import statistics
@@ -58,9 +62,9 @@ def setup(model: str):
     """(pipe, config, prompts) for one model."""
     if model == "tiny":
         cfg = TrainConfig(method="ddpo", num_steps=10, samples_per_epoch=16, sample_batch_size=16, train_batch_size=8,
-                          use_lora=False, progress=False)
+                          use_lora=False, progress=False, timestep_batch=1)
         return load_tiny_pipeline(), cfg, None
-    return build_tiny_sd_pipeline(0), train_config_from_trl(PEER, method="ddpo", progress=False), PROMPTS
+    return build_tiny_sd_pipeline(0), train_config_from_trl(PEER, method="ddpo", progress=False, timestep_batch=1), PROMPTS
 
 
 def make_trainer(base, cfg: TrainConfig, prompts, **options):
@@ -69,6 +73,7 @@ def make_trainer(base, cfg: TrainConfig, prompts, **options):
     mixed-precision setting, so ``TrainConfig.mixed_precision`` cannot be compared side by side)."""
     pipe = copy.deepcopy(base)
     bf16 = options.pop("bf16", False)
+    cfg = dataclasses.replace(cfg, **options.pop("config", {}))  # TrainConfig fields of this variant
     apply_speedups(pipe, **options)
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     return Trainer(pipe, blue_reward, cfg, prompts=prompts), ctx
@@ -176,7 +181,9 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     models = ["tiny", "tiny-sd"] if a.model == "both" else [a.model]
     variants = {"base": {}, "channels_last": {"channels_last": True}, "prompt_cache": {"prompt_cache": True},
-                "bf16_autocast": {"bf16": True}}
+                "bf16_autocast": {"bf16": True},
+                "timestep_batch": {"config": {"timestep_batch": None}},  # the default: several timesteps per forward
+                "sample_batch_16": {"config": {"sample_batch_size": 16}}}  # the epoch in one sampling call
     if a.compile:
         variants = {"base": {}, "compile": {"compile": True, "compile_kwargs": {"dynamic": False}}}
     result = {"command": "python benchmarks/bench_speedups.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -6,9 +6,11 @@ implementation. This script builds one tiny random Stable Diffusion pipeline fol
 on that folder with TRL's defaults where a CPU allows them — 20 DDIM steps, η = 1, guidance 5 in
 sampling and training, 16 samples per epoch (4 × 4), train batch 4, LoRA r = 4 on the attention
 projections, lr 3e-4, PPO clip 1e-4, the scalar "less blue" reward — in alternating fresh
-processes (TRL, ours DDPO, ours PXPO, and both again with the exact speed-ups ``channels_last`` and
-the prompt-embedding cache switched on; then TRL again, ...), each running ``--epochs`` epochs after one
-warm-up epoch that is not timed. It prints samples per second per run and the ratios with their
+processes (TRL, then each of our arms in ``OURS`` — DDPO with one timestep per UNet forward as TRL
+does it, DDPO and PXPO with the defaults, which score all of a micro-batch's timesteps in one
+forward (``TrainConfig.timestep_batch``), both again with the exact speed-ups ``channels_last`` and the
+prompt-embedding cache, and DDPO drawing the epoch's 16 samples in one sampling call; then TRL again,
+...), each running ``--epochs`` epochs after one warm-up epoch that is not timed. It prints samples per second per run and the ratios with their
 spread (the machine is noisy: compare only numbers from one run of this script).
 
 TRL is an optional dependency used only here. Install it in a separate environment that sees
@@ -63,7 +65,29 @@ def build_folder(folder: Path) -> None:
     build_tiny_sd_pipeline(seed=0).save_pretrained(folder)
 
 
-def worker_ours(folder: str, epochs: int, method: str) -> list[float]:
+#: our arms: name -> (method, TrainConfig overrides on top of the TRL mapping, what it is)
+OURS = {
+    "ddpo-1": ("ddpo", {"timestep_batch": 1}, "ours, DDPO, one timestep per UNet forward (TRL's loop; our 0.2.0 default)"),
+    "ddpo": ("ddpo", {}, "ours, DDPO, defaults (timestep_batch=None: all 20 timesteps of a micro-batch in one forward here)"),
+    "pxpo": ("pxpo", {}, "ours, PXPO, defaults"),
+    "ddpo-fast": ("ddpo", {"channels_last": True, "prompt_cache": True}, "ours, DDPO + channels_last + prompt cache"),
+    "pxpo-fast": ("pxpo", {"channels_last": True, "prompt_cache": True}, "ours, PXPO + channels_last + prompt cache"),
+    "ddpo-fast-sb16": ("ddpo", {"channels_last": True, "prompt_cache": True, "sample_batch_size": 16},
+                       "ours, DDPO + the same + the epoch's 16 samples drawn in one sampling call (TRL: 4 calls of 4)"),
+}
+#: the ratios printed and saved: (name, numerator arm, denominator arm)
+RATIOS = [
+    ("ours_ddpo_over_trl", "ddpo", "trl"),
+    ("ours_pxpo_over_ours_ddpo", "pxpo", "ddpo"),
+    ("ours_ddpo_fast_over_trl", "ddpo-fast", "trl"),
+    ("ours_pxpo_fast_over_ours_ddpo_fast", "pxpo-fast", "ddpo-fast"),
+    ("ours_ddpo_fast_sb16_over_trl", "ddpo-fast-sb16", "trl"),
+    ("ours_ddpo_one_timestep_per_forward_over_trl", "ddpo-1", "trl"),
+    ("ours_ddpo_over_ours_one_timestep_per_forward", "ddpo", "ddpo-1"),
+]
+
+
+def worker_ours(folder: str, epochs: int, arm: str) -> list[float]:
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -75,9 +99,8 @@ def worker_ours(folder: str, epochs: int, method: str) -> list[float]:
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    fast = method.endswith("-fast")  # the exact speed-ups of benchmarks/bench_speedups.py switched on
-    method = method.removesuffix("-fast")
-    config = train_config_from_trl(PEER, method=method, progress=False, channels_last=fast, prompt_cache=fast)
+    method, overrides, _ = OURS[arm]
+    config = train_config_from_trl(PEER, method=method, progress=False, **overrides)
     reward = blue_reward if method == "ddpo" else colour_reward_map
     trainer = Trainer(pipe, reward, config, prompts=PROMPTS)
     times = []
@@ -138,7 +161,9 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per run (after one warm-up epoch)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
-    p.add_argument("--worker", choices=["trl", "ddpo", "pxpo", "ddpo-fast", "pxpo-fast"], help=argparse.SUPPRESS)
+    p.add_argument("--arms", nargs="+", default=["trl", *OURS], choices=["trl", *OURS],
+                   help="which trainers to alternate (default: all; ratios need both of their arms)")
+    p.add_argument("--worker", choices=["trl", *OURS], help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
@@ -155,7 +180,7 @@ def main(argv=None) -> None:
         p.error("--trl-python is required (a Python where `import trl` gives 0.23.1); see the module docstring")
     folder = Path(tempfile.mkdtemp()) / "tiny-sd"
     build_folder(folder)
-    arms = ("trl", "ddpo", "pxpo", "ddpo-fast", "pxpo-fast")
+    arms = tuple(a.arms)
     runs: dict[str, list[dict]] = {k: [] for k in arms}
     t0 = time.perf_counter()
     for r in range(a.runs):
@@ -163,27 +188,17 @@ def main(argv=None) -> None:
             python = a.trl_python if which == "trl" else sys.executable
             res = run_worker(python, which, folder, a.epochs, a.threads)
             runs[which].append(res)
-            print(f"run {r + 1}/{a.runs} {which:5s}: {res['samples_per_s']:.2f} samples/s "
+            print(f"run {r + 1}/{a.runs} {which:14s}: {res['samples_per_s']:.2f} samples/s "
                   f"(epochs {', '.join(f'{s:.2f}' for s in res['epoch_s'])} s)", flush=True)
     sps = {k: [x["samples_per_s"] for x in v] for k, v in runs.items()}
-    ratio_ddpo = [o / t for o, t in zip(sps["ddpo"], sps["trl"])]
-    ratio_pxpo = [x / o for x, o in zip(sps["pxpo"], sps["ddpo"])]
-    ratio_fast = [o / t for o, t in zip(sps["ddpo-fast"], sps["trl"])]
-    ratio_pxpo_fast = [x / o for x, o in zip(sps["pxpo-fast"], sps["ddpo-fast"])]
-    summary = {
-        "ours_ddpo_fast_over_trl": {"median": statistics.median(ratio_fast), "min": min(ratio_fast), "max": max(ratio_fast)},
-        "ours_pxpo_fast_over_ours_ddpo_fast": {"median": statistics.median(ratio_pxpo_fast), "min": min(ratio_pxpo_fast),
-                                               "max": max(ratio_pxpo_fast)},
-        "ours_ddpo_over_trl": {"median": statistics.median(ratio_ddpo), "min": min(ratio_ddpo), "max": max(ratio_ddpo)},
-        "ours_pxpo_over_ours_ddpo": {"median": statistics.median(ratio_pxpo), "min": min(ratio_pxpo), "max": max(ratio_pxpo)},
-        "samples_per_s": {k: statistics.median(v) for k, v in sps.items()},
-    }
-    print(f"ours (DDPO) / TRL samples per second: {summary['ours_ddpo_over_trl']['median']:.3f} "
-          f"(min {min(ratio_ddpo):.3f}, max {max(ratio_ddpo):.3f}, {a.runs} alternating pairs)")
-    print(f"ours PXPO / ours DDPO: {summary['ours_pxpo_over_ours_ddpo']['median']:.3f} "
-          f"(min {min(ratio_pxpo):.3f}, max {max(ratio_pxpo):.3f})")
-    print(f"ours (DDPO, channels_last + prompt cache) / TRL: {statistics.median(ratio_fast):.3f} "
-          f"(min {min(ratio_fast):.3f}, max {max(ratio_fast):.3f}); PXPO / DDPO with them: {statistics.median(ratio_pxpo_fast):.3f}")
+    summary = {"samples_per_s": {k: statistics.median(v) for k, v in sps.items()},
+               "arms": {k: ("TRL 0.23.1 DDPOTrainer" if k == "trl" else OURS[k][2]) for k in arms}}
+    for name, num, den in RATIOS:
+        if num in sps and den in sps:  # alternating pairs: run r of one arm ÷ run r of the other
+            rs = [x / y for x, y in zip(sps[num], sps[den])]
+            summary[name] = {"median": statistics.median(rs), "min": min(rs), "max": max(rs)}
+            print(f"{num} / {den} samples per second: {summary[name]['median']:.3f} "
+                  f"(min {min(rs):.3f}, max {max(rs):.3f}, {len(rs)} alternating pairs)")
     if a.out:
         import torch
 

@@ -187,3 +187,23 @@ def test_bench_cheaper_gradients_worker_measures_time_memory_and_reward(monkeypa
     assert r["epoch_wall_s"] > 0 and r["peak_rss_mb"] > 0 and len(r["train_reward_by_epoch"]) == 2
     assert all(isinstance(r[k], float) for k in ("reward_before", "reward_after"))
     assert sys.modules["bench_cheaper_gradients"] is bench
+
+
+def test_bench_vs_trl_arms_map_to_valid_configs(monkeypatch):
+    """Every arm of benchmarks/bench_vs_trl.py is a valid TrainConfig on TRL's config (TRL itself is not needed),
+    and every ratio names two arms."""
+    from pathlib import Path
+
+    from pxpo_lite.train_config import check_config
+    from pxpo_lite.trl_compat import train_config_from_trl
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_vs_trl as bench
+
+    for arm, (method, overrides, what) in bench.OURS.items():
+        cfg = train_config_from_trl(bench.PEER, method=method, progress=False, **overrides)
+        check_config(cfg)
+        assert cfg.samples_per_epoch == bench.SAMPLES_PER_EPOCH and cfg.train_batch_size == 4 and cfg.num_steps == 20
+        assert cfg.clip_range == 1e-4 and cfg.guidance_scale == 5.0 and cfg.use_lora and what
+    assert bench.OURS["ddpo-1"][1] == {"timestep_batch": 1}
+    assert all({num, den} <= {"trl", *bench.OURS} for _, num, den in bench.RATIOS)
