@@ -67,7 +67,7 @@ def build_folder(folder: Path) -> None:
 
 #: our arms: name -> (method, TrainConfig overrides on top of the TRL mapping, what it is)
 OURS = {
-    "ddpo-1": ("ddpo", {"timestep_batch": 1}, "ours, DDPO, one timestep per UNet forward (TRL's loop; our 0.2.0 default)"),
+    "ddpo-1": ("ddpo", {"timestep_batch": 1}, "ours, DDPO, one timestep per UNet forward (TRL's loop; our default before timestep_batch)"),
     "ddpo": ("ddpo", {}, "ours, DDPO, defaults (timestep_batch=None: all 20 timesteps of a micro-batch in one forward here)"),
     "pxpo": ("pxpo", {}, "ours, PXPO, defaults"),
     "ddpo-fast": ("ddpo", {"channels_last": True, "prompt_cache": True}, "ours, DDPO + channels_last + prompt cache"),

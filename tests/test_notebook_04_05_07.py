@@ -45,7 +45,7 @@ def test_nb05_segmentation(executed_notebook):
 def test_nb07_comparison(executed_notebook):
     path, results, seconds = executed_notebook("07_ddpo_vs_pxpo.ipynb")
     summary = results["summary"]
-    assert set(summary) == {"colour", "hair"}
+    assert set(summary) == {"colour"}  # the live run's default task; the benchmark below has both
     for task, s in summary.items():
         assert set(s["methods"]) == {"ddpo", "pxpo", "pxpo_clip"}
         # DDPO's own curve always reaches its final value (by construction of the measure)
