@@ -2,7 +2,10 @@
 
 The policy core already runs at the UNet's own cost (sampling with log-probs ÷ the plain
 DDIM loop ≈ 1.00; an RL update ÷ raw UNet forward+backward ≈ 0.99), so a faster epoch has to
-come from doing less work or doing it faster. :func:`apply_speedups` switches on, in place:
+come from doing less work or doing it faster. The largest saving is not here but in the update
+itself: ``TrainConfig.timestep_batch`` re-scores a micro-batch's timesteps in one UNet call
+(:func:`pxpo_lite.update.resolve_timestep_batch`; on by default; 1.65× per epoch on tiny SD, 1.07×
+on the tiny model). :func:`apply_speedups` switches on, in place:
 
 * ``channels_last`` — the UNet's convolution weights in NHWC memory layout (oneDNN's preferred
   layout on CPU). Same maths, other summation order: results agree to float32 rounding.
@@ -22,11 +25,12 @@ come from doing less work or doing it faster. :func:`apply_speedups` switches on
 Reduced precision is not an option here: it is ``TrainConfig.mixed_precision`` (accelerate's
 autocast); the benchmark measures bf16 autocast on the CPU it runs on.
 
-Measured on a shared 2-core CPU, one thread, ratio of epoch CPU time off ÷ on (noise about ±5 %):
-``channels_last`` 1.08 (tiny model) and 1.14 (tiny SD, peer config); ``prompt_cache`` 1.08 on
-tiny SD (4 prompts: 5 rows encoded, 155 served from the cache) and nothing measurable on the
-tiny model (its prompts rarely repeat); bf16 autocast 0.78 on tiny SD (slower: this CPU has no
-bf16 instructions); ``compile``: first epoch 1,313 s instead of 40 s, then 1.10 (wall) — off.
+Measured on a 2-core CPU, one thread, ratio of epoch CPU time off ÷ on (noise about ±5 %):
+``channels_last`` 1.08 (tiny model) and 1.14 (tiny SD, peer config) on a shared machine, 1.01 and
+1.02 on the quiet one; ``prompt_cache`` 1.08 on tiny SD when shared, 0.99 when quiet (4 prompts:
+5 rows encoded, 155 served from the cache) and nothing measurable on the tiny model (its prompts
+rarely repeat); bf16 autocast 0.78–0.79 on tiny SD (slower: this CPU has no bf16 instructions);
+``compile``: first epoch 1,313 s instead of 40 s, then 1.10 (wall) — off.
 Gradient checkpointing: 41 % less memory growth in training, 0.66–0.71× the epoch speed.
 
 Measured by ``benchmarks/bench_speedups.py`` (and the cost of cheaper gradients —
