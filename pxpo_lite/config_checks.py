@@ -28,8 +28,10 @@ def check_number(name: str, value, *, above: float | None = None, at_least: floa
         raise ValueError(f"{name} must be {want}, got {value!r}")
 
 
-def check_positive_int(name: str, value) -> None:
-    """Raise ValueError unless ``value`` is an int >= 1 (not a bool)."""
+def check_positive_int(name: str, value, optional: bool = False) -> None:
+    """Raise ValueError unless ``value`` is an int >= 1 (not a bool), or None when ``optional``."""
+    if optional and value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 

@@ -22,7 +22,6 @@ each round, each round's image and its measurements, and **saves them to a folde
 round** (PNG + NumPy + JSON + safetensors), so a kernel restart loses nothing:
 :meth:`FeedbackSession.load` reloads it and the session continues exactly where it stopped.
 Files are written atomically (temp name + rename) and the manifest ``session.json`` last.
-
 Introduced in ``notebooks/06_human_feedback_canvas.ipynb``.
 """
 from __future__ import annotations
@@ -120,8 +119,7 @@ class RefineConfig:
         check_number("RefineConfig.max_grad_norm", self.max_grad_norm, above=0, optional=True)
         check_number("RefineConfig.keep_beta", self.keep_beta, at_least=0)
         check_bool("RefineConfig.keep_liked", self.keep_liked)
-        if self.timestep_batch is not None:
-            check_positive_int("RefineConfig.timestep_batch", self.timestep_batch)
+        check_positive_int("RefineConfig.timestep_batch", self.timestep_batch, optional=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RefineConfig":
@@ -163,8 +161,7 @@ def pxpo_refine(pipe, traj, advantages: torch.Tensor, params: Sequence[torch.nn.
     try:
         for k in tqdm(range(config.updates_per_round), disable=not progress, desc="PXPO refinement", leave=False):
             res = policy_gradient_step(pipe, traj, A, pairs, opt, params, method="pxpo", clip_range=config.clip_range,
-                                       max_grad_norm=config.max_grad_norm, keep=keep, where=f", refinement step {k + 1}",
-                                       timestep_batch=tb)
+                                       max_grad_norm=config.max_grad_norm, keep=keep, where=f", refinement step {k + 1}", timestep_batch=tb)
             infos.append({**summarise(res.infos), "grad_norm": res.grad_norm})
     finally:
         pipe.unet.train(was_training)

@@ -49,7 +49,7 @@ import torch
 from .ddim import ddim_gaussian, ddim_step_logprob
 from .lora import unwrap
 from .pixelwise import to_sample_grid
-from .sampling import Trajectory, stacked_model_output
+from .sampling import Trajectory, stacked_model_output, step_inputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,16 +267,6 @@ class StepGaussian(NamedTuple):
     log_prob: torch.Tensor
 
 
-def _schedule(pipe, traj: Trajectory):
-    s, T = pipe.scheduler, traj.num_steps
-    if s.num_inference_steps != T or not torch.equal(s.timesteps.cpu(), traj.timesteps.cpu()):
-        s.set_timesteps(T, device=next(pipe.unet.parameters()).device)
-    if not torch.equal(s.timesteps.cpu(), traj.timesteps.cpu()):
-        raise ValueError(f"the trajectory's timesteps {traj.timesteps.tolist()} differ from pipe.scheduler's {s.timesteps.tolist()}; "
-                         "use the scheduler (config) it was sampled with")
-    return s
-
-
 def step_means(pipe, traj: Trajectory, step_index: int, sample_idx=None, reference: bool = False,
                reference_unet: torch.nn.Module | None = None) -> StepGaussian:
     """μ, σ_t and per-element log-prob of stored step ``step_index`` for samples ``sample_idx``.
@@ -294,39 +284,23 @@ def steps_means(pipe, traj: Trajectory, step_indices, sample_idx=None, reference
                 reference_unet: torch.nn.Module | None = None) -> list:
     """:func:`step_means` for several stored steps of the same samples from ONE UNet forward
     (``sampling.stacked_model_output``): a list of :class:`StepGaussian`, one per step index."""
-    if not isinstance(traj, Trajectory):
-        raise TypeError(f"traj must be a pxpo_lite.Trajectory (from pxpo_lite.sample), got {type(traj).__name__}")
-    T = traj.num_steps
-    for step_index in step_indices:
-        if isinstance(step_index, bool) or not isinstance(step_index, (int, np.integer)) or not -T <= step_index < T:
-            raise ValueError(f"step_index must be an int in [0, {T}) (the trajectory has T={T} steps), got {step_index!r}")
-    if not len(step_indices):
-        raise ValueError("step_indices is empty: give at least one stored step index")
     if reference_unet is not None and not reference:
         raise ValueError("reference_unet is only used with reference=True (it gives μ_ref); drop it for the trained policy's μ_θ")
-    steps = [int(i) % T for i in step_indices]
-    scheduler = _schedule(pipe, traj)
-    sub = traj if sample_idx is None else traj.select(sample_idx)
-    p0 = next(pipe.unet.parameters())
-    xs = [sub.latents[:, i].to(device=p0.device, dtype=p0.dtype) for i in steps]
-    cond = sub.prompt_embeds.to(device=p0.device, dtype=p0.dtype)
-    uncond = None if sub.negative_prompt_embeds is None else sub.negative_prompt_embeds.to(device=p0.device, dtype=p0.dtype)
-    w = sub.guidance_scale if uncond is not None else 1.0
-    ts = [scheduler.timesteps[i] for i in steps]
+    s = step_inputs(pipe, traj, step_indices, sample_idx)
+    args = (s.xs, s.ts, s.cond, s.uncond, s.guidance_scale)
     if not reference:
-        outs = stacked_model_output(pipe, xs, ts, cond, uncond, w)
+        outs = stacked_model_output(pipe, *args)
     elif reference_unet is not None:
-        ref_pipe = types.SimpleNamespace(unet=reference_unet, scheduler=scheduler)  # stacked_model_output reads only these two
+        ref_pipe = types.SimpleNamespace(unet=reference_unet, scheduler=s.scheduler)  # stacked_model_output reads only these two
         with torch.no_grad():
-            outs = stacked_model_output(ref_pipe, xs, ts, cond, uncond, w)
+            outs = stacked_model_output(ref_pipe, *args)
     else:
         with torch.no_grad(), adapters_disabled(pipe.unet):
-            outs = stacked_model_output(pipe, xs, ts, cond, uncond, w)
+            outs = stacked_model_output(pipe, *args)
     result = []
-    for out, t, x_t, i in zip(outs, ts, xs, steps):
-        x_prev = sub.latents[:, i + 1].to(device=p0.device, dtype=p0.dtype)
-        _, lp = ddim_step_logprob(scheduler, out, t, x_t, eta=sub.eta, prev_sample=x_prev)
-        mean, sigma, _ = ddim_gaussian(scheduler, out, int(t), x_t, eta=sub.eta)
+    for out, t, x_t, x_prev in zip(outs, s.ts, s.xs, s.x_prevs):
+        _, lp = ddim_step_logprob(s.scheduler, out, t, x_t, eta=s.eta, prev_sample=x_prev)
+        mean, sigma, _ = ddim_gaussian(s.scheduler, out, int(t), x_t, eta=s.eta)
         result.append(StepGaussian(mean, sigma, lp))
     return result
 

@@ -21,13 +21,14 @@ Introduced in ``notebooks/01_denoising_as_an_mdp.ipynb`` (one step) and used fro
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
 from .ddim import check_eta, check_scheduler, ddim_step_logprob
 from .trajectory import Trajectory
 
-__all__ = ["Trajectory", "sample", "step_log_prob", "step_log_probs", "rescore", "model_output", "stacked_model_output", "initial_latents", "decode",
+__all__ = ["Trajectory", "sample", "step_log_prob", "step_log_probs", "step_inputs", "StepInputs", "rescore", "model_output", "stacked_model_output", "initial_latents", "decode",
            "resolve_guidance_scale", "uses_guidance", "unet_dtype", "pipeline_device", "sync_scheduler", "SD_DEFAULT_GUIDANCE"]
 
 #: DDPO's classifier-free guidance for Stable Diffusion (ddpo-pytorch default), used when a
@@ -322,6 +323,39 @@ def step_log_prob(pipe, traj: Trajectory, step_index: int, sample_idx=None) -> t
     return step_log_probs(pipe, traj, [step_index], sample_idx)[0]
 
 
+class StepInputs(NamedTuple):
+    """The stored inputs of some steps of some samples, on the UNet's device and dtype
+    (:func:`step_inputs`): x_t and x_{t−1} per step, their timesteps, the prompt embeddings."""
+
+    scheduler: object
+    eta: float
+    steps: list  # step indices, in [0, T)
+    ts: list  # their timesteps
+    xs: list  # x_t per step, (b,C,h,w)
+    x_prevs: list  # the stored x_{t−1} per step, (b,C,h,w)
+    cond: torch.Tensor
+    uncond: torch.Tensor | None
+    guidance_scale: float
+
+
+def step_inputs(pipe, traj: Trajectory, step_indices, sample_idx=None) -> StepInputs:
+    """Check ``step_indices`` and ``pipe.scheduler`` against ``traj`` and gather those steps'
+    stored inputs for the samples ``sample_idx`` (default: all) — what re-scoring needs."""
+    if not isinstance(traj, Trajectory):
+        raise TypeError(f"traj must be a pxpo_lite.Trajectory (from pxpo_lite.sample), got {type(traj).__name__}")
+    steps = [_check_step_index(traj, i) for i in step_indices]
+    if not steps:
+        raise ValueError("step_indices is empty: give at least one stored step index")
+    scheduler = sync_scheduler(pipe, traj)
+    sub = traj if sample_idx is None else traj.select(sample_idx)
+    device, dtype = pipeline_device(pipe), unet_dtype(pipe)
+    to = dict(device=device, dtype=dtype)
+    uncond = None if sub.negative_prompt_embeds is None else sub.negative_prompt_embeds.to(**to)
+    return StepInputs(scheduler, sub.eta, steps, [scheduler.timesteps[i] for i in steps],
+                      [sub.latents[:, i].to(**to) for i in steps], [sub.latents[:, i + 1].to(**to) for i in steps],
+                      sub.prompt_embeds.to(**to), uncond, sub.guidance_scale if uncond is not None else 1.0)
+
+
 def step_log_probs(pipe, traj: Trajectory, step_indices, sample_idx=None) -> list:
     """:func:`step_log_prob` for several stored steps of the same samples from ONE UNet forward.
 
@@ -329,21 +363,10 @@ def step_log_probs(pipe, traj: Trajectory, step_indices, sample_idx=None) -> lis
     separate :func:`step_log_prob` calls up to float rounding (:func:`stacked_model_output`).
     The trainer uses it to score ``TrainConfig.timestep_batch`` timesteps at a time.
     """
-    steps = [_check_step_index(traj, i) for i in step_indices]
-    if not steps:
-        raise ValueError("step_indices is empty: give at least one stored step index")
-    scheduler = sync_scheduler(pipe, traj)
-    sub = traj if sample_idx is None else traj.select(sample_idx)
-    device, dtype = pipeline_device(pipe), unet_dtype(pipe)
-    xs = [sub.latents[:, i].to(device=device, dtype=dtype) for i in steps]
-    cond = sub.prompt_embeds.to(device=device, dtype=dtype)
-    uncond = None if sub.negative_prompt_embeds is None else sub.negative_prompt_embeds.to(device=device, dtype=dtype)
-    w = sub.guidance_scale if uncond is not None else 1.0
-    ts = [scheduler.timesteps[i] for i in steps]
-    outs = stacked_model_output(pipe, xs, ts, cond, uncond, w)
-    return [ddim_step_logprob(scheduler, out, t, x_t, eta=sub.eta,
-                              prev_sample=sub.latents[:, i + 1].to(device=device, dtype=dtype))[1]
-            for out, t, x_t, i in zip(outs, ts, xs, steps)]
+    s = step_inputs(pipe, traj, step_indices, sample_idx)
+    outs = stacked_model_output(pipe, s.xs, s.ts, s.cond, s.uncond, s.guidance_scale)
+    return [ddim_step_logprob(s.scheduler, out, t, x_t, eta=s.eta, prev_sample=x_prev)[1]
+            for out, t, x_t, x_prev in zip(outs, s.ts, s.xs, s.x_prevs)]
 
 
 @torch.no_grad()

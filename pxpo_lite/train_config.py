@@ -96,8 +96,7 @@ def check_config(config: TrainConfig, num_processes: int = 1) -> None:
     if c.eta is None or isinstance(c.eta, bool) or not isinstance(c.eta, (int, float)) or not 0 < c.eta <= 1:
         raise ValueError(f"eta must be a number in (0, 1] (η = 0 makes the step deterministic: no log-prob), got {c.eta!r}")
     check_number("guidance_scale", c.guidance_scale, at_least=0, optional=True)
-    if c.timestep_batch is not None:
-        check_positive_int("timestep_batch", c.timestep_batch)
+    check_positive_int("timestep_batch", c.timestep_batch, optional=True)
     check_number("timestep_fraction", c.timestep_fraction, above=0, at_most=1)
     check_number("learning_rate", c.learning_rate, above=0, optional=True)
     check_number("max_grad_norm", c.max_grad_norm, above=0, optional=True)
