@@ -137,7 +137,8 @@ def stacked_model_output(pipe, xs: list, ts: list, cond: torch.Tensor, uncond: t
     guidance: [uncond rows; cond rows]) go through the UNet together, each row with its own
     timestep, and the k guided predictions come back as a list. Every row is computed as in
     :func:`model_output` (the UNet treats rows independently: GroupNorm, no batch statistics), so
-    the result equals k separate calls up to float rounding (≤ 1e-6 on CPU float32), for the cost
+    the result equals k separate calls up to float rounding (``tests/test_update.py`` compares the
+log-probs to 1e-5), for the cost
     of one call with k× the activation memory (``TrainConfig.timestep_batch``). k = 1 is exactly
     :func:`model_output`.
     """
