@@ -37,6 +37,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import keep as keep_lib
+from .config_checks import check_positive_int
 from .ddim import trainable_step_indices
 from .losses import NonFiniteError, ddpo_loss, pxpo_loss
 from .sampling import step_log_probs
@@ -202,8 +203,7 @@ def resolve_timestep_batch(timestep_batch: int | None, pipe, traj, micro_batch: 
     where the per-call overhead dominates (small batches, small latents) and not for large ones.
     """
     if timestep_batch is not None:
-        if isinstance(timestep_batch, bool) or not isinstance(timestep_batch, int) or timestep_batch < 1:
-            raise ValueError(f"timestep_batch must be None (automatic) or an int >= 1 (timesteps per UNet forward), got {timestep_batch!r}")
+        check_positive_int("timestep_batch (timesteps per UNet forward; None: automatic)", timestep_batch)
         return timestep_batch
     if sum(p.numel() for p in pipe.unet.parameters()) >= TIMESTEP_BATCH_MAX_PARAMS:
         return 1
@@ -215,8 +215,7 @@ def resolve_timestep_batch(timestep_batch: int | None, pipe, traj, micro_batch: 
 def group_pairs(pairs: Sequence[tuple[torch.Tensor, int]], timestep_batch: int) -> list[list[tuple[torch.Tensor, int]]]:
     """Consecutive pairs of the same micro-batch, ``timestep_batch`` at a time: each group is one UNet
     forward (:func:`pxpo_lite.sampling.step_log_probs`). The pairs' order is kept."""
-    if isinstance(timestep_batch, bool) or not isinstance(timestep_batch, int) or timestep_batch < 1:
-        raise ValueError(f"timestep_batch must be an int >= 1 (timesteps per UNet forward), got {timestep_batch!r}")
+    check_positive_int("timestep_batch (timesteps per UNet forward)", timestep_batch)
     groups: list[list] = []
     for idx, i in pairs:
         last = groups[-1] if groups else None
@@ -297,13 +296,14 @@ def policy_gradient_step(
                     lps = [pol.log_prob.float() for pol in pols]
                 else:
                     lps = [lp.float() for lp in step_log_probs(pipe, traj, steps, idx)]
+            adv = advantages[idx.to(advantages.device)].to(lps[0].device)  # the micro-batch's advantages, once per group
             group_loss = 0.0
             for k, (lp, i) in enumerate(zip(lps, steps)):
                 _not_finite("log-prob", lp, traj, idx, i, where)
                 kt = keep.term(pols[k], refs[k], idx) if use_keep else None
                 # 2. the loss of this pair (+ the keep term, + the optional extra term)
                 old = traj.log_probs[idx, i].to(lp.device)
-                loss, info = step_loss(method, lp, old, advantages[idx.to(advantages.device)].to(lp.device), clip_range, kt)
+                loss, info = step_loss(method, lp, old, adv, clip_range, kt)
                 if extra_loss is not None:
                     term, extra_info = extra_loss(pipe, traj, idx, i, lp)
                     loss = loss + term

@@ -282,7 +282,7 @@ def test_group_pairs_keeps_order_and_micro_batches():
     assert [g[0][0].tolist() for g in groups] == [[0, 1], [0, 1], [2, 3], [0, 1]]
     assert len(update.group_pairs(pairs, 1)) == 6 and len(update.group_pairs(pairs, 99)) == 3
     for bad in (0, -1, 1.5, True, None):
-        with pytest.raises(ValueError, match="timestep_batch must be"):
+        with pytest.raises(ValueError, match=r"timestep_batch \(timesteps per UNet forward\) must be an int >= 1"):
             update.group_pairs(pairs, bad)
 
 
@@ -293,5 +293,5 @@ def test_resolve_timestep_batch_rule():
     assert update.resolve_timestep_batch(None, pipe, traj, 1) == 20  # one painted image: every step at once
     big = type("P", (), {"unet": torch.nn.Linear(10_000, 10_000, device="meta")})()  # 100 M parameters, no memory
     assert update.resolve_timestep_batch(None, big, traj, 1) == 1  # Stable Diffusion-sized UNet: one step per forward
-    with pytest.raises(ValueError, match="timestep_batch must be None .*or an int >= 1"):
+    with pytest.raises(ValueError, match=r"timestep_batch \(.*None: automatic\) must be an int >= 1, got 0"):
         update.resolve_timestep_batch(0, pipe, traj, 8)
