@@ -8,18 +8,26 @@ Layout of a checkpoint folder::
     state.json             format, epoch, config, base-model fingerprint, metrics, stat-tracker
                            meta, optimiser param_groups, and the SHA-256 of every .safetensors file
 
-**Nothing lost on a kill.** A save writes the new checkpoint into ``<path>.tmp`` (``state.json``
-last, every file fsynced), then swaps it in with two renames: ``<path> → <path>.old``,
-``<path>.tmp → <path>``, and deletes ``<path>.old``. A kill between those steps leaves a complete,
-hash-verified copy at ``.tmp`` or ``.old``: :func:`load_checkpoint` then reads the first verified
-of ``<path>``, ``<path>.tmp``, ``<path>.old`` (with a warning), and the next save first puts that
-copy back at ``<path>`` (:func:`recover_checkpoint`) — a verified copy is never deleted while
-``<path>`` is not itself a verified checkpoint. Loading never renames anything (every process of
-a distributed run reads; only the main process writes).
+**Nothing lost on a kill.** A save writes the new checkpoint into the hidden staging folder
+``.<name>.pxpo-tmp`` beside ``<path>`` (first the marker ``pxpo-save.json`` naming its target, then
+the files, ``state.json`` last, every file fsynced), then swaps it in file by file: each file is
+hard-linked (copied where links are not possible) to ``<path>/<file>.pxpo-new`` and renamed over
+``<path>/<file>``, ``state.json`` last; then the staging folder is removed. So once a checkpoint
+has been saved, ``<path>`` **always exists**, and at every moment either ``<path>`` or the staging
+folder is a complete, hash-verified checkpoint: a caller's ``if os.path.exists(ck):
+trainer.load_checkpoint(ck)`` finds it, and :func:`load_checkpoint` reads the staging copy (with a
+warning) when a kill left ``<path>`` half-swapped. The next save first finishes that swap
+(:func:`recover_checkpoint`). Loading never renames anything (every process of a distributed run
+reads; only the main process writes).
 
-**Nothing of yours overwritten.** A save refuses (:class:`CheckpointError`) a ``<path>`` that holds
-anything other than a checkpoint's own files (``notes.txt``, ``figs/``), and refuses the current
-folder or one of its parents (``save_checkpoint('.')``).
+**Nothing of yours touched.** Only what this package made and recorded is created or replaced:
+``<path>`` must be missing, empty, or a checkpoint of ours (a checkpoint's own files only, with a
+``state.json`` of this format, or none while our staging folder for it exists); the staging
+folder must be missing or ours (its marker names ``<path>``, and it holds nothing else). Anything
+else is refused (:class:`CheckpointError`) with its name and what to do: a ``notes.txt`` or
+``figs/`` inside, a ``model.safetensors`` of your own, the current folder or one of its parents
+(``save_checkpoint('.')``). Your own ``run1.old/`` or ``run1.tmp/`` beside ``run1`` is never
+read, moved or deleted (versions before 0.3 used those names; they are now ignored).
 
 Loading checks the format, that ``state.json`` is a JSON object with a hash for every file, and
 every hash (a truncated or altered file is reported as corrupt, by name). The optimiser state
@@ -62,7 +70,7 @@ class Checkpoint:
     optimizer: dict | None  # ready for ``optimizer.load_state_dict``
     extra: dict[str, torch.Tensor]
     state: dict
-    path: Path | None = None  # the folder actually read (``<path>.tmp``/``.old`` after an interrupted save)
+    path: Path | None = None  # the folder actually read (the staging folder after an interrupted save)
 
 
 # -- optimiser state <-> tensors + JSON -----------------------------------------------------
@@ -92,10 +100,54 @@ def tensors_to_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 # -- what is at a path ----------------------------------------------------------------------------
-def sibling(path, suffix: str) -> Path:
-    """``<path>.tmp`` / ``<path>.old`` (``path`` resolved, so that '.' has a name)."""
+STAGING_SUFFIX = ".pxpo-tmp"
+MARKER = "pxpo-save.json"  # in a staging folder only: {"format": FORMAT, "target": <path's name>}
+NEW = ".pxpo-new"  # <path>/<file>.pxpo-new: a file being swapped in
+
+
+def staging(path) -> Path:
+    """The hidden staging folder of a save to ``path``: ``.<name>.pxpo-tmp`` beside it (``path``
+    resolved, so that '.' has a name)."""
     p = Path(path).resolve()
-    return p.with_name(p.name + suffix)
+    return p.with_name(f".{p.name}{STAGING_SUFFIX}")
+
+
+def _own_file(e: Path) -> bool:
+    return e.is_file() and not e.is_symlink() and (e.name in OWN_NAMES or (e.name.endswith(NEW) and e.name[:-len(NEW)] in OWN_NAMES))
+
+
+def _staging_problem(path) -> str | None:
+    """None when the staging folder of ``path`` is missing or ours; else why it is not ours."""
+    t = staging(path)
+    if not t.exists() and not t.is_symlink():
+        return None
+    if t.is_symlink() or not t.is_dir():
+        return "it is not a folder"
+    try:
+        mark = json.loads((t / MARKER).read_text())
+    except (OSError, ValueError):
+        mark = None
+    if mark != {"format": FORMAT, "target": Path(path).resolve().name}:
+        return f"it has no {MARKER} of this package naming {Path(path).resolve().name!r}"
+    foreign = [e.name for e in t.iterdir() if e.name != MARKER and not _own_file(e)]
+    return f"it holds files a save does not write ({foreign[:8]})" if foreign else None
+
+
+def _check_staging(path) -> None:
+    why = _staging_problem(path)
+    if why:
+        raise CheckpointError(f"refusing to save a checkpoint to {str(path)!r}: {str(staging(path))!r}, the name its saves "
+                              f"stage in, is not a save of this package ({why}); move it away or rename it")
+
+
+def _remove_staging(t: Path) -> None:
+    """Delete a staging folder already checked to be ours: its files, the marker last, then the folder."""
+    for e in t.iterdir():
+        if e.name != MARKER:
+            e.unlink()
+    (t / MARKER).unlink(missing_ok=True)
+    t.rmdir()
+    fsync_dir(t.parent)
 
 
 def verify_checkpoint(path) -> dict:
@@ -135,18 +187,11 @@ def verify_checkpoint(path) -> dict:
     return state
 
 
-def _is_verified(path: Path) -> bool:
-    try:
-        verify_checkpoint(path)
-        return True
-    except (CheckpointError, FileNotFoundError):
-        return False
-
-
 def check_save_target(path) -> None:
     """Raise CheckpointError unless a save may replace ``path``: it is missing, an empty folder, or a
-    folder holding only a checkpoint's own files (and, if its state.json is a JSON object, of this
-    format). The current folder and its parents are always refused."""
+    checkpoint of ours (only a checkpoint's own files, with a ``state.json`` of this format — or a
+    damaged one —, or none while our staging folder for it exists); and its staging folder is
+    missing or ours. The current folder and its parents are always refused."""
     p = Path(path).resolve()
     cwd = Path.cwd().resolve()
     if p == cwd or p in cwd.parents:
@@ -154,52 +199,77 @@ def check_save_target(path) -> None:
             f"refusing to save a checkpoint to {str(path)!r} = {str(p)!r}: that is the current folder or one of its "
             "parents, and a save replaces the whole folder; pass a new sub-folder such as 'checkpoints/run1'"
         )
-    if not p.exists():
+    _check_staging(path)
+    if not p.exists() and not p.is_symlink():
         return
-    if not p.is_dir():
-        raise CheckpointError(f"cannot save a checkpoint to {str(path)!r}: it is a file, not a folder; pass a folder path")
+    if p.is_symlink() or not p.is_dir():
+        raise CheckpointError(f"cannot save a checkpoint to {str(path)!r}: it is a file or a link, not a folder; pass a folder path")
     entries = sorted(p.iterdir())
-    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries if e.name not in OWN_NAMES or not e.is_file()]
-    own_format = True
+    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries if not _own_file(e)]
+    problem = None
     if (p / STATE).is_file():
         try:
             st = json.loads((p / STATE).read_text())
-            own_format = not isinstance(st, dict) or st.get("format") == FORMAT
+            if isinstance(st, dict) and st.get("format") != FORMAT:
+                problem = f"{STATE} of another format"
         except (json.JSONDecodeError, UnicodeDecodeError):
             pass  # a damaged state.json of a checkpoint
-    if foreign or not own_format:
+    elif entries and not foreign and not staging(path).exists():
+        problem = f"{[e.name for e in entries][:8]} without a {STATE}, so not recorded as a checkpoint of this package"
+    if foreign or problem:
         what = foreign[:8] + ([f"... {len(foreign) - 8} more"] if len(foreign) > 8 else [])
         raise CheckpointError(
             f"refusing to save a checkpoint to {str(path)!r}: the folder is not empty and is not a checkpoint "
-            f"(it holds {what or [STATE + ' of another format']}); a save would delete it. Pass a new or empty "
+            f"(it holds {what or problem}); a save would delete it. Pass a new or empty "
             "folder, or move those files away"
         )
 
 
+def _swap_in(t: Path, p: Path) -> None:
+    """Make ``p`` hold the verified checkpoint in the staging folder ``t``, file by file (``state.json``
+    last): at every moment ``p`` exists and ``t`` stays complete. ``t`` is removed by the caller."""
+    p.mkdir(exist_ok=True)
+    for name in FILES + (STATE,):
+        new = p / (name + NEW)
+        new.unlink(missing_ok=True)
+        try:
+            os.link(t / name, new)
+        except OSError:  # a file system without hard links
+            _write_fsynced(new, lambda f: shutil.copyfile(t / name, f))
+        os.replace(new, p / name)
+    for e in p.iterdir():
+        if e.name.endswith(NEW):
+            e.unlink()
+    fsync_dir(p)
+    fsync_dir(p.parent)
+
+
 def recover_checkpoint(path) -> Path | None:
-    """Finish a save that a kill interrupted: when ``<path>`` is not a verified checkpoint, move the
-    verified ``<path>.tmp`` (else ``<path>.old``) there. Then remove leftovers (only while ``<path>``
-    is verified). Returns the folder that was recovered, or None. Main process only."""
+    """Finish a save that a kill interrupted: when ``<path>`` is not a verified checkpoint and our
+    staging folder is, swap the staging copy in. Then remove our staging folder (only while
+    ``<path>`` is verified). Returns the staging folder that was recovered, or None. Main process only."""
     p = Path(path).resolve()
-    tmp, old = sibling(p, ".tmp"), sibling(p, ".old")
+    t = staging(p)
     recovered = None
-    if not _is_verified(p):
-        for cand in (tmp, old):
-            if _is_verified(cand):
-                if p.exists():
-                    check_save_target(p)  # only a damaged checkpoint of ours is removed
-                    shutil.rmtree(p)
-                os.replace(cand, p)
-                fsync_dir(p.parent)
-                warnings.warn(f"checkpoint {str(p)!r}: recovered the complete copy {cand.name} left by an interrupted save",
-                              stacklevel=3)
-                recovered = cand
-                break
-    if _is_verified(p):
-        for left in (tmp, old):
-            if left.exists():
-                shutil.rmtree(left) if left.is_dir() else left.unlink()
+    if t.exists() and not _is_verified(p):
+        check_save_target(p)  # only a damaged checkpoint of ours is replaced, only from our staging folder
+        if _is_verified(t):
+            _swap_in(t, p)
+            warnings.warn(f"checkpoint {str(p)!r}: recovered the complete copy {t.name} left by an interrupted save",
+                          stacklevel=3)
+            recovered = t
+    if t.exists() and _is_verified(p):
+        _check_staging(p)
+        _remove_staging(t)
     return recovered
+
+
+def _is_verified(path: Path) -> bool:
+    try:
+        verify_checkpoint(path)
+        return True
+    except (CheckpointError, FileNotFoundError):
+        return False
 
 
 # -- save / load ------------------------------------------------------------------------------
@@ -216,10 +286,12 @@ def save_checkpoint(
     optimizer_state: dict | None = None,
     extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint folder (into ``<path>.tmp``, then two renames). Returns ``Path(path)``.
+    """Write a checkpoint folder (into the staging folder, then swapped in file by file; see the module
+    docstring). Returns ``Path(path)``.
 
-    Refuses a ``path`` holding anything but a checkpoint (:func:`check_save_target`); first
-    recovers a checkpoint left by an interrupted save (:func:`recover_checkpoint`).
+    Refuses a ``path`` (or staging folder) holding anything this package did not write
+    (:func:`check_save_target`); first recovers a checkpoint left by an interrupted save
+    (:func:`recover_checkpoint`).
     """
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict (it becomes {STATE}), got {type(state).__name__}")
@@ -229,10 +301,11 @@ def save_checkpoint(
     check_save_target(path)
     recover_checkpoint(path)
     p = Path(path).resolve()
-    tmp, old = sibling(p, ".tmp"), sibling(p, ".old")
-    if tmp.exists():  # <path> is verified (recover_checkpoint would have used a verified .tmp): a stale partial save
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    t = staging(p)
+    if t.exists():  # ours (checked), not verified or <path> is: a partial or stale save
+        _remove_staging(t)
+    t.mkdir(parents=True)
+    _write_fsynced(t / MARKER, lambda f: f.write_text(json.dumps({"format": FORMAT, "target": p.name})))
     opt_tensors, opt_meta = optimizer_to_tensors(optimizer_state) if optimizer_state is not None else ({}, None)
     blobs = {
         "model.safetensors": {k.removeprefix("module."): v.detach().contiguous().cpu() for k, v in model.items()},
@@ -241,22 +314,14 @@ def save_checkpoint(
     }
     hashes = {}
     for name, tensors in blobs.items():
-        _write_fsynced(tmp / name, lambda f: save_file(tensors, str(f)))
-        hashes[name] = sha256_file(tmp / name)
+        _write_fsynced(t / name, lambda f: save_file(tensors, str(f)))
+        hashes[name] = sha256_file(t / name)
     full = {"format": FORMAT, **state, "optimizer": opt_meta, "sha256": hashes}
     text = json.dumps(full, indent=1, default=_json_default)
-    _write_fsynced(tmp / STATE, lambda f: f.write_text(text))  # last: without it the folder is not a checkpoint
-    fsync_dir(tmp)
-    if p.exists():
-        if old.exists():  # <path> is verified here, so .old is an obsolete copy
-            shutil.rmtree(old)
-        os.replace(p, old)
-        os.replace(tmp, p)
-        fsync_dir(p.parent)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, p)
-        fsync_dir(p.parent)
+    _write_fsynced(t / STATE, lambda f: f.write_text(text))  # last: without it the folder is not a checkpoint
+    fsync_dir(t)
+    _swap_in(t, p)
+    _remove_staging(t)
     return Path(path)
 
 
@@ -271,15 +336,18 @@ def _json_default(o):
 def load_checkpoint(path, map_location: str | torch.device = "cpu", validate=None) -> Checkpoint:
     """Read and verify a checkpoint folder; raises CheckpointError (or FileNotFoundError) naming the problem.
 
-    When ``<path>`` is missing or damaged, the verified copy an interrupted save left at
-    ``<path>.tmp`` (else ``<path>.old``) is read instead, with a warning; nothing is renamed.
+    When ``<path>`` is missing or damaged, the verified copy an interrupted save left in its staging
+    folder (``.<name>.pxpo-tmp``, with this package's marker) is read instead, with a warning;
+    nothing is renamed. A ``<path>.old`` or ``<path>.tmp`` of yours is never read.
     ``validate(state, folder)`` (optional) raises CheckpointError for a state its caller cannot use;
     it is part of the verification (a copy that fails it is not used).
     """
     path = Path(path)
     errors = []
-    for cand in (path, sibling(path, ".tmp"), sibling(path, ".old")):
+    for cand in (path, staging(path)):
         try:
+            if cand is not path and _staging_problem(path):
+                raise CheckpointError(f"{str(cand)!r} is not a staging folder of this package")
             state = verify_checkpoint(cand)
             if validate is not None:
                 validate(state, cand)
@@ -326,6 +394,6 @@ def base_fingerprint(unet: torch.nn.Module) -> str:
 
 __all__ = [
     "FORMAT", "FILES", "STATE", "FIX", "CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint",
-    "verify_checkpoint", "check_save_target", "recover_checkpoint", "base_fingerprint", "sibling",
+    "verify_checkpoint", "check_save_target", "recover_checkpoint", "base_fingerprint", "staging", "MARKER",
     "optimizer_to_tensors", "tensors_to_optimizer",
 ]

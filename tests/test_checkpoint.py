@@ -4,6 +4,7 @@ import copy
 import functools
 import json
 import os
+import shutil
 import warnings
 
 import pytest
@@ -107,80 +108,133 @@ def test_refuses_current_folder_its_parents_and_files(tmp_path, monkeypatch):
 
 
 # -- a kill in the middle of a save loses nothing -----------------------------------------------
-def test_kill_before_first_rename_keeps_the_old_checkpoint(tmp_path, monkeypatch):
-    ck = tmp_path / "ck"
-    small_save(ck, 1)
-    monkeypatch.setattr(os, "replace", KillAt(1))
-    with pytest.raises(KeyboardInterrupt):
-        small_save(ck, 2)
-    monkeypatch.undo()
-    assert epoch_at(ck) == 1 and (tmp_path / "ck.tmp").is_dir()
-    small_save(ck, 3)
-    assert epoch_at(ck) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+STAGE = ".ck.pxpo-tmp"  # the staging folder of a save to tmp_path / "ck"
 
 
-def test_kill_between_the_two_renames_recovers_the_new_checkpoint(tmp_path, monkeypatch):
+def kill_save(monkeypatch, n, save):
+    monkeypatch.setattr(os, "replace", KillAt(n))
+    with pytest.raises(KeyboardInterrupt):
+        save()
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])  # a save swaps in 4 files (state.json last): a kill after 1, 2 or 3
+def test_a_kill_during_the_swap_keeps_the_path_and_the_new_checkpoint(tmp_path, monkeypatch, n):
+    """Issue 20, data loss 3: the caller's usual ``if os.path.exists(ck): load`` must find the new checkpoint."""
     ck = tmp_path / "ck"
     small_save(ck, 1)
-    monkeypatch.setattr(os, "replace", KillAt(2))
-    with pytest.raises(KeyboardInterrupt):
-        small_save(ck, 2)
-    monkeypatch.undo()
-    assert not ck.exists() and (tmp_path / "ck.tmp").is_dir() and (tmp_path / "ck.old").is_dir()
-    with pytest.warns(UserWarning, match="ck.tmp"):
+    kill_save(monkeypatch, n, lambda: small_save(ck, 2))
+    assert os.path.exists(ck) and (tmp_path / STAGE).is_dir()  # the old two-rename swap left no ck here
+    with pytest.warns(UserWarning, match=STAGE):
         assert epoch_at(ck) == 2  # loading reads the complete new copy, renames nothing
-    assert not ck.exists() and (tmp_path / "ck.tmp").is_dir()
-    # the next save (a restart) puts it back first instead of deleting it
-    with pytest.warns(UserWarning, match="recovered"):
-        assert recover_checkpoint(ck) == tmp_path / "ck.tmp"
+    assert (tmp_path / STAGE).is_dir()
+    with pytest.warns(UserWarning, match="recovered"):  # the next save puts it in place first
+        assert recover_checkpoint(ck) == tmp_path / STAGE
     assert epoch_at(ck) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    assert sorted(p.name for p in ck.iterdir()) == sorted(ckpt.OWN_NAMES)
 
 
-def test_kill_between_renames_with_damaged_tmp_falls_back_to_old(tmp_path, monkeypatch):
+def test_a_kill_before_the_swap_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     ck = tmp_path / "ck"
     small_save(ck, 1)
-    monkeypatch.setattr(os, "replace", KillAt(2))
+    kill_save(monkeypatch, 1, lambda: small_save(ck, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert epoch_at(ck) == 1  # the save had not begun to replace anything
+    assert recover_checkpoint(ck) is None and sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_a_kill_while_staging_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    ck = tmp_path / "ck"
+    small_save(ck, 1)
+    real = ckpt.save_file
+    monkeypatch.setattr(ckpt, "save_file", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
     with pytest.raises(KeyboardInterrupt):
         small_save(ck, 2)
-    monkeypatch.undo()
-    f = tmp_path / "ck.tmp" / "model.safetensors"
-    f.write_bytes(f.read_bytes()[:-8])
-    with pytest.warns(UserWarning, match="ck.old"):
-        assert epoch_at(ck) == 1
-    with pytest.warns(UserWarning, match="recovered"):
-        small_save(ck, 3)  # recovers .old, then saves: nothing verified was deleted before ck was verified
+    monkeypatch.setattr(ckpt, "save_file", real)
+    assert epoch_at(ck) == 1 and (tmp_path / STAGE / ckpt.MARKER).is_file()
+    small_save(ck, 3)  # the partial staging folder is ours: removed
     assert epoch_at(ck) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
 def test_kill_at_first_save_then_restart(tmp_path, monkeypatch):
     ck = tmp_path / "ck"
-    monkeypatch.setattr(os, "replace", KillAt(1))  # the only rename of a first save
-    with pytest.raises(KeyboardInterrupt):
-        small_save(ck, 1)
-    monkeypatch.undo()
-    with pytest.warns(UserWarning, match="ck.tmp"):
+    kill_save(monkeypatch, 1, lambda: small_save(ck, 1))
+    assert os.path.exists(ck)
+    with pytest.warns(UserWarning, match=STAGE):
         assert epoch_at(ck) == 1
     with pytest.warns(UserWarning, match="recovered"):
         small_save(ck, 2)
-    assert epoch_at(ck) == 2
+    assert epoch_at(ck) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
-def test_trainer_resumes_from_a_save_killed_between_renames(tmp_path, monkeypatch):
+def test_trainer_resumes_from_a_save_killed_mid_swap_with_the_exists_check(tmp_path, monkeypatch):
     tr = make(use_lora=True)
     tr.train(1)
-    save_trainer_checkpoint(tr, tmp_path / "ck")
+    ck = tmp_path / "ck"
+    save_trainer_checkpoint(tr, ck)
     tr.train(1)
     w2 = weights(tr)
-    monkeypatch.setattr(os, "replace", KillAt(2))
-    with pytest.raises(KeyboardInterrupt):
-        save_trainer_checkpoint(tr, tmp_path / "ck")
-    monkeypatch.undo()
-    with pytest.warns(UserWarning, match="interrupted save"):
-        fresh = load_trainer_checkpoint(make(use_lora=True), tmp_path / "ck")
+    kill_save(monkeypatch, 2, lambda: save_trainer_checkpoint(tr, ck))  # model swapped in, the rest not
+    fresh = make(use_lora=True)
+    if os.path.exists(ck):  # what a training script does on restart
+        with pytest.warns(UserWarning, match="interrupted save"):
+            fresh.load_checkpoint(ck)
     assert fresh.epoch == 2 and same(w2, weights(fresh))
     with pytest.warns(UserWarning, match="recovered"):
-        save_trainer_checkpoint(fresh, tmp_path / "ck")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+        save_trainer_checkpoint(fresh, ck)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"] and load_checkpoint(ck).state["epoch"] == 2
+
+
+# -- a user's folders beside a checkpoint are never touched (issue 20, data loss 1-2) ------------
+def test_a_users_old_and_tmp_folders_are_never_deleted(tmp_path):
+    for name in ("run1", "run2", "run3"):
+        (tmp_path / (name + ".old")).mkdir()
+        (tmp_path / (name + ".tmp")).mkdir()
+        (tmp_path / (name + ".old") / "notes.txt").write_text("mine")
+    small_save(tmp_path / "run1", 1)
+    shutil.copytree(tmp_path / "run1", tmp_path / "run1.old", dirs_exist_ok=True)  # cp -r run1 run1.old
+    small_save(tmp_path / "run1", 2)
+    small_save(tmp_path / "run2", 1)
+    small_save(tmp_path / "run2", 2)
+    small_save(tmp_path / "run3", 1)
+    for name in ("run1", "run2", "run3"):
+        assert (tmp_path / (name + ".old") / "notes.txt").read_text() == "mine" and (tmp_path / (name + ".tmp")).is_dir()
+    assert epoch_at(tmp_path / "run1.old") == 1 and epoch_at(tmp_path / "run1") == 2
+
+
+def test_a_users_backup_is_not_loaded_for_a_damaged_checkpoint(tmp_path):
+    small_save(tmp_path / "run4", 1)
+    shutil.copytree(tmp_path / "run4", tmp_path / "run4.old")
+    small_save(tmp_path / "run4", 2)
+    f = tmp_path / "run4" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match="run4'.*model.safetensors is corrupt"):
+        load_checkpoint(tmp_path / "run4")
+    small_save(tmp_path / "run4", 3)  # a damaged checkpoint of ours is replaced; the backup stays as it was
+    assert epoch_at(tmp_path / "run4.old") == 1 and epoch_at(tmp_path / "run4") == 3
+
+
+def test_a_staging_name_that_is_not_ours_is_refused_and_kept(tmp_path):
+    ck = tmp_path / "ck"
+    small_save(ck, 1)
+    (tmp_path / STAGE).mkdir()
+    (tmp_path / STAGE / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match=r"\.ck\.pxpo-tmp.*not a save of this package.*move it away"):
+        small_save(ck, 2)
+    (tmp_path / STAGE / "notes.txt").unlink()  # an empty folder without our marker: still not ours
+    with pytest.raises(CheckpointError, match="pxpo-save.json"):
+        small_save(ck, 2)
+    assert (tmp_path / STAGE).is_dir() and epoch_at(ck) == 1
+
+
+def test_checkpoint_named_files_without_a_state_json_are_not_replaced(tmp_path):
+    user = tmp_path / "export"
+    user.mkdir()
+    (user / "model.safetensors").write_bytes(b"my own weights")
+    with pytest.raises(CheckpointError, match="model.safetensors.*without a state.json"):
+        small_save(user, 1)
+    assert (user / "model.safetensors").read_bytes() == b"my own weights"
 
 
 # -- damaged files: CheckpointError naming the file and the fix ---------------------------------
