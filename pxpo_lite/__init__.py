@@ -10,7 +10,15 @@ from .sampling import Trajectory, sample, step_log_prob, step_log_probs, rescore
 from . import pixelwise
 from .losses import ddpo_loss, pxpo_loss
 from .trainer import TrainConfig, Trainer
-from .canvas import HeatmapCanvas
 from .feedback import FeedbackSession
 
 __version__ = "0.2.0"
+
+
+def __getattr__(name):
+    """``pxpo_lite.HeatmapCanvas`` is imported on first use: the widget needs anywidget, the rest does not."""
+    if name == "HeatmapCanvas":
+        from .canvas import HeatmapCanvas
+
+        return HeatmapCanvas
+    raise AttributeError(f"module 'pxpo_lite' has no attribute {name!r}")

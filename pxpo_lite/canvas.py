@@ -34,11 +34,13 @@ import base64
 import io
 import math
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import anywidget
 import numpy as np
 import traitlets
+
+from .brush import apply_stroke, brush_weights, check_heatmap, heatmap_to_list, list_to_heatmap  # noqa: F401 (re-exported)
 
 WIDGET_DIR = Path(__file__).resolve().parent / "widget"
 BRUSHES = ("like", "dislike", "erase")
@@ -98,77 +100,6 @@ def array_to_png_data_url(image: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(rgb, "RGB").save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def check_heatmap(heatmap, shape: tuple[int, int], name: str = "heatmap") -> np.ndarray:
-    """Validate a painted map: (H,W) at the image's size, finite, in [-1,1]. Returns float32 (H,W).
-
-    Accepts a torch tensor or NumPy array, also (1,H,W).
-    """
-    if hasattr(heatmap, "detach"):
-        heatmap = heatmap.detach().float().cpu().numpy()
-    if isinstance(heatmap, (list, tuple)):
-        heatmap = np.asarray(heatmap, dtype=np.float32)
-    if not isinstance(heatmap, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array or torch tensor of shape {shape}, got {type(heatmap).__name__}")
-    arr = np.asarray(heatmap, dtype=np.float32)
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.shape != tuple(shape):
-        raise ValueError(
-            f"{name} must have the image's size {tuple(shape)} (H,W), got shape {tuple(np.shape(heatmap))}; "
-            "paint at the image's resolution (resize the map, or set the right image first)"
-        )
-    if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).sum())
-        raise ValueError(f"{name} contains {bad} NaN/inf value(s); expected finite values in [-1,1]")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < -1 - 1e-4 or hi > 1 + 1e-4:
-        raise ValueError(f"{name} values must lie in [-1,1] (−1 dislike … +1 like), got min {lo:.3g}, max {hi:.3g}; clip or rescale it")
-    return np.clip(arr, -1.0, 1.0)
-
-
-def heatmap_to_list(heatmap: np.ndarray) -> list[float]:
-    """(H,W) -> flat row-major list of Python floats (the ``heatmap_data`` trait), 4 decimals like the JS side."""
-    return [round(float(v), 4) for v in np.asarray(heatmap, dtype=np.float32).ravel()]
-
-
-def list_to_heatmap(data: Sequence[float], height: int, width: int) -> np.ndarray:
-    """The ``heatmap_data`` trait -> (H,W) float32 array."""
-    if len(data) != height * width:
-        raise ValueError(f"heatmap_data has {len(data)} values, expected height*width = {height}*{width} = {height * width}")
-    return np.asarray(data, dtype=np.float32).reshape(height, width)
-
-
-def brush_weights(points: Iterable[tuple[float, float]], shape: tuple[int, int], size: float) -> np.ndarray:
-    """Largest stamp weight per pixel along a stroke through ``points`` (continuous (row, col)
-    coordinates, pixel (i, j) spanning [i, i+1) × [j, j+1)), stamping every ≤ 0.25 px like the JS.
-
-    w = clamp(size/2 + 0.5 − d, 0, 1), d = distance from the pixel centre to the stamp centre.
-    """
-    H, W = shape
-    pts = [tuple(map(float, p)) for p in points]
-    if not pts:
-        raise ValueError("points must hold at least one (row, col) position")
-    stamps = [pts[0]]
-    for a, b in zip(pts, pts[1:]):
-        n = max(1, math.ceil(math.hypot(b[0] - a[0], b[1] - a[1]) / 0.25))
-        stamps += [(a[0] + (b[0] - a[0]) * t / n, a[1] + (b[1] - a[1]) * t / n) for t in range(1, n + 1)]
-    ys, xs = np.arange(H)[:, None] + 0.5, np.arange(W)[None, :] + 0.5
-    mask = np.zeros((H, W), np.float32)
-    r = size / 2
-    for y, x in stamps:
-        d = np.hypot(ys - y, xs - x)
-        mask = np.maximum(mask, np.clip(r + 0.5 - d, 0, 1).astype(np.float32))
-    return mask
-
-
-def apply_stroke(before: np.ndarray, mask: np.ndarray, brush: str, strength: float) -> np.ndarray:
-    """like/dislike: clamp(before ± strength·m, −1, 1); erase: before·(1 − strength·m)."""
-    if brush == "erase":
-        return (before * (1 - strength * mask)).astype(np.float32)
-    sign = -1.0 if brush == "dislike" else 1.0
-    return np.clip(before + sign * strength * mask, -1, 1).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,54 +37,26 @@ import numpy as np
 import torch
 
 from . import lora as lora_lib
-from .canvas import check_heatmap
+from .brush import check_heatmap
 from .checkpoint import base_fingerprint
 from .config_checks import check_bool, check_number, check_positive_int
 from .keep import keep_weights_from_heatmap
-from .pixelwise import to_sample_grid
+from .keep_ramp import check_ramp
+from .painted import change_stats, heatmap_to_advantages  # noqa: F401 (re-exported: notebooks import them from here)
 from .sampling import sample
 from .session_store import SessionError, SessionStore
 from .update import Keep, policy_gradient_step, resolve_timestep_batch, summarise, trainable_steps
 
 #: RefineConfig's default β of the keep term, chosen by benchmarks/bench_localised_feedback.py
 KEEP_BETA = 10.0
+#: RefineConfig's default keep ramp (pixels) and disliked-advantage scale, chosen by the same benchmark
+KEEP_RAMP: float | None = None
+DISLIKE_SCALE = 1.0
 
 
 # --------------------------------------------------------------------------------------------
 # From a painted map to an update
 # --------------------------------------------------------------------------------------------
-def heatmap_to_advantages(heatmap, sample_size: tuple[int, int], scale: float = 1.0) -> torch.Tensor:
-    """Per-pixel advantages (1,h,w): A = scale · h, area-averaged onto the sample grid (identity for
-    pixel-space models). Unpainted pixels (h = 0) get A = 0: no gradient at all."""
-    h = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))[None]
-    return to_sample_grid(scale * h, sample_size)
-
-
-def change_stats(before, after, heatmap) -> dict:
-    """Mean |after − before| (averaged over RGB) inside the disliked, liked, painted and unpainted areas.
-
-    ``change_ratio`` = change in the painted area ÷ change in the unpainted area (> 1: the
-    update acted where the person painted). NaN where an area is empty.
-    """
-    b = torch.as_tensor(before, dtype=torch.float32).cpu().numpy()
-    a = torch.as_tensor(after, dtype=torch.float32).cpu().numpy()
-    h = np.asarray(heatmap, dtype=np.float32)
-    change = np.abs(a - b).mean(0)
-
-    def mean(mask):
-        return float(change[mask].mean()) if mask.any() else float("nan")
-
-    out = {
-        "change_disliked": mean(h < 0),
-        "change_liked": mean(h > 0),
-        "change_painted": mean(h != 0),
-        "change_unpainted": mean(h == 0),
-        "change_all": float(change.mean()),
-    }
-    out["change_ratio"] = out["change_painted"] / out["change_unpainted"] if out["change_unpainted"] > 0 else float("nan")
-    return out
-
-
 @dataclass
 class RefineConfig:
     """Hyper-parameters of single-image refinement (one line each; defaults measured on the tiny model)."""
@@ -101,6 +73,8 @@ class RefineConfig:
     lora_targets: tuple[str, ...] | None = None  # None: lora.TINY_TARGETS for pixel models, SD_TARGETS for SD
     keep_beta: float = KEEP_BETA   # β of the per-pixel keep term (update.Keep): unpainted pixels stay as they were; 0: off
     keep_liked: bool = True        # True: liked pixels are kept too (w = 1 there); False: only unpainted pixels are kept
+    keep_ramp: float | None = KEEP_RAMP  # pixels: keep weight 0 in a disliked stroke, rising to 1 this far outside it (keep_ramp.py); None: a hard edge
+    dislike_scale: float = DISLIKE_SCALE  # disliked pixels' advantages × this (liked ones × 1)
     timestep_batch: int | None = None  # timesteps scored per UNet forward (same result to float rounding); None: update.resolve_timestep_batch
 
     #: names used by sessions saved before the rename; :meth:`from_dict` maps/ignores them
@@ -119,6 +93,8 @@ class RefineConfig:
         check_number("RefineConfig.max_grad_norm", self.max_grad_norm, above=0, optional=True)
         check_number("RefineConfig.keep_beta", self.keep_beta, at_least=0)
         check_bool("RefineConfig.keep_liked", self.keep_liked)
+        check_ramp(self.keep_ramp, "RefineConfig.keep_ramp")
+        check_number("RefineConfig.dislike_scale", self.dislike_scale, above=0)
         check_positive_int("RefineConfig.timestep_batch", self.timestep_batch, optional=True)
 
     @classmethod
@@ -127,6 +103,8 @@ class RefineConfig:
         a session saved before the keep term existed continues without it: ``keep_beta`` 0)."""
         d = dict(d)
         d.setdefault("keep_beta", 0.0)
+        d.setdefault("keep_ramp", None)  # sessions saved before the ramp continue as they were made
+        d.setdefault("dislike_scale", 1.0)
         for old, new in cls.LEGACY.items():
             if old in d:
                 value = d.pop(old)
@@ -307,8 +285,8 @@ class FeedbackSession:
         t0 = time.perf_counter()
         c = self.config
         sample_size = tuple(self.trajectory.log_probs.shape[-2:])
-        A = heatmap_to_advantages(heat, sample_size, c.advantage_scale)
-        w = keep_weights_from_heatmap(heat, sample_size, keep_liked=c.keep_liked) if c.keep_beta > 0 else None
+        A = heatmap_to_advantages(heat, sample_size, c.advantage_scale, c.dislike_scale)
+        w = keep_weights_from_heatmap(heat, sample_size, keep_liked=c.keep_liked, ramp=c.keep_ramp) if c.keep_beta > 0 else None
         update = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress, keep_weights=w)
         before = image.numpy()
         self.trajectory = self._generate()

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from .ddim import ddim_gaussian, ddim_step_logprob
+from .keep_ramp import ramp_weights
 from .lora import unwrap
 from .pixelwise import to_sample_grid
 from .sampling import Trajectory, stacked_model_output, step_inputs
@@ -109,12 +110,15 @@ def _check_outside(outside) -> float:
     return float(outside)
 
 
-def keep_weights_from_heatmap(heatmap, sample_size, keep_liked: bool = True, outside: float = 1.0) -> torch.Tensor:
+def keep_weights_from_heatmap(heatmap, sample_size, keep_liked: bool = True, outside: float = 1.0,
+                              ramp: float | None = None) -> torch.Tensor:
     """Keep weights (1 or B, h, w) on the sample grid from a painted map h ∈ [−1, 1] (H,W) or (B,H,W).
 
     Per image pixel: ``outside`` where nothing was painted (h = 0), 0 where disliked (h = −1),
     on liked pixels (h = +1) ``outside`` if ``keep_liked`` else 0; soft strokes interpolate,
-    w = outside·(1 − max(−h, 0)) with ``keep_liked``, outside·(1 − |h|) without. The map is then
+    w = outside·(1 − max(−h, 0)) with ``keep_liked``, outside·(1 − |h|) without. ``ramp`` (pixels,
+    None: off) multiplies every pixel that is not liked by min(1, d/ramp), d its distance to the
+    nearest disliked pixel (:mod:`pxpo_lite.keep_ramp`). The map is then
     area-averaged to ``sample_size`` (h, w) (``pixelwise.to_sample_grid``; identity for the tiny
     model, 64×64 → 8×8 for Stable Diffusion latents). Example::
 
@@ -123,7 +127,8 @@ def keep_weights_from_heatmap(heatmap, sample_size, keep_liked: bool = True, out
     h = _heatmap_tensor(heatmap)
     out = _check_outside(outside)
     free = (-h).clamp(min=0) if keep_liked else h.abs()
-    return to_sample_grid(out * (1 - free), sample_size)
+    w = out * (1 - free)
+    return to_sample_grid(w if ramp is None else ramp_weights(h, w, ramp), sample_size)
 
 
 def keep_weights_from_mask(mask, sample_size, outside: float = 1.0) -> torch.Tensor:

@@ -14,18 +14,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .brush import brush_weights
 from .world import PART_ID, PARTS
 
 FEEDBACK_SOURCES = ("canvas", "synthetic")
 DEFAULT_RULE = "dislike hair, like background"
+#: free strokes, placed from the seed: blobs of three sizes, a thin line, a brush stroke across the parts
+STROKES = ("blob", "small_blob", "large_blob", "line", "stroke")
 
 
 def parse_rule(rule: str) -> list[tuple[float, str]]:
     """'dislike hair, like background' -> [(-1.0, 'hair'), (1.0, 'background')].
 
     Clauses are separated by ',' or ';'; each is ``like|dislike <target>`` where the target is a
-    part of the world (``pxpo_lite.world.PARTS``: background, skin, hair, eyes, mouth, shirt) or
-    ``blob`` (a soft disc at a random place, from the seed).
+    part of the world (``pxpo_lite.world.PARTS``: background, skin, hair, eyes, mouth, shirt) or a
+    free stroke placed from the seed (:data:`STROKES`): ``blob`` (a disc of random size),
+    ``small_blob``, ``large_blob``, ``line`` (2 px wide), ``stroke`` (a 5 px brush stroke from top
+    to bottom through the middle, across hair, skin and shirt); "small blob" = "small_blob".
+    Two blobs: "dislike blob, dislike blob" (each clause has its own place).
     """
     if not isinstance(rule, str) or not rule.strip():
         raise ValueError(f"rule must be a non-empty str like {DEFAULT_RULE!r}, got {rule!r}")
@@ -34,12 +40,13 @@ def parse_rule(rule: str) -> list[tuple[float, str]]:
         words = clause.strip().lower().split()
         if not words:
             continue
-        if len(words) != 2 or words[0] not in ("like", "dislike") or words[1] not in PARTS + ("blob",):
+        target = "_".join(words[1:])
+        if len(words) < 2 or words[0] not in ("like", "dislike") or target not in PARTS + STROKES:
             raise ValueError(
                 f"cannot read the clause {clause.strip()!r} of rule {rule!r}: write 'like <target>' or "
-                f"'dislike <target>' with a target from {list(PARTS) + ['blob']}, e.g. {DEFAULT_RULE!r}"
+                f"'dislike <target>' with a target from {list(PARTS) + list(STROKES)}, e.g. {DEFAULT_RULE!r}"
             )
-        out.append((1.0 if words[0] == "like" else -1.0, words[1]))
+        out.append((1.0 if words[0] == "like" else -1.0, target))
     return out
 
 
@@ -51,6 +58,25 @@ def blob(shape: tuple[int, int], seed: int, radius: float | None = None) -> np.n
     cy, cx = rng.uniform(r, H - r), rng.uniform(r, W - r)
     yy, xx = np.mgrid[0:H, 0:W] + 0.5
     return np.clip(r + 0.5 - np.hypot(yy - cy, xx - cx), 0, 1).astype(np.float32)
+
+
+def free_stroke(kind: str, shape: tuple[int, int], seed: int) -> np.ndarray:
+    """One free stroke of :data:`STROKES` in [0,1] (H,W), placed from ``seed`` (the canvas's brush maths)."""
+    H, W = shape
+    n = min(H, W)
+    if kind in ("blob", "small_blob", "large_blob"):
+        return blob(shape, seed, {"blob": None, "small_blob": 0.09 * n, "large_blob": 0.2 * n}[kind])
+    rng = np.random.default_rng(seed)
+    if kind == "line":  # a straight line at least half the image long, anywhere
+        while True:
+            a, b = rng.uniform(0.1, 0.9, 2) * (H, W), rng.uniform(0.1, 0.9, 2) * (H, W)
+            if np.hypot(*(a - b)) >= 0.5 * n:
+                return brush_weights([tuple(a), tuple(b)], shape, 2)
+    if kind == "stroke":  # top to bottom through the middle third: crosses hair, skin and shirt
+        cols = rng.uniform(0.35, 0.65, 2) * W
+        return brush_weights([(0.1 * H, cols[0]), (0.5 * H, cols.mean() + rng.uniform(-0.05, 0.05) * W), (0.9 * H, cols[1])],
+                             shape, max(2.0, 0.15 * n))
+    raise ValueError(f"kind must be one of {STROKES}, got {kind!r}")
 
 
 def part_masks(image: torch.Tensor, segmenter=None) -> np.ndarray:
@@ -87,8 +113,8 @@ def synthetic_heatmap(
     heat = np.zeros((H, W), np.float32)
     labels = None
     for k, (sign, target) in enumerate(clauses):
-        if target == "blob":
-            m = blob((H, W), seed + k)
+        if target in STROKES:
+            m = free_stroke(target, (H, W), seed + k)
         else:
             if labels is None:
                 labels = part_masks(img, segmenter)

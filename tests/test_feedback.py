@@ -334,7 +334,7 @@ def test_keep_weights_reach_the_update_from_the_painted_map(pipe, monkeypatch):
     monkeypatch.setattr("pxpo_lite.feedback.policy_gradient_step", spy)
     heat = _maps()[0]
     for keep_liked in (True, False):
-        s = FeedbackSession(pipe, PROMPT, seed=3, config=RefineConfig(**CFG, keep_beta=2.0, keep_liked=keep_liked))
+        s = FeedbackSession(pipe, PROMPT, seed=3, config=RefineConfig(**CFG, keep_beta=2.0, keep_liked=keep_liked, keep_ramp=None))
         s.step(heat, source="synthetic")
         k = seen[-1]
         assert k.beta == 2.0 and k.weights.shape == (1, 32, 32)

@@ -1,0 +1,52 @@
+"""A painted map in numbers: per-pixel advantages, and how much an image changed where it was painted.
+
+Used by :class:`pxpo_lite.feedback.FeedbackSession` (which re-exports both functions) and by
+``benchmarks/bench_localised_feedback.py``. Introduced in ``notebooks/06_human_feedback_canvas.ipynb``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .config_checks import check_number
+from .pixelwise import to_sample_grid
+
+
+def heatmap_to_advantages(heatmap, sample_size: tuple[int, int], scale: float = 1.0, dislike_scale: float = 1.0) -> torch.Tensor:
+    """Per-pixel advantages (1,h,w): A = scale · h (× ``dislike_scale`` where h < 0), area-averaged
+    onto the sample grid (identity for pixel-space models). Unpainted pixels (h = 0) get A = 0: no
+    gradient at all."""
+    check_number("dislike_scale", dislike_scale, above=0)
+    h = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))[None]
+    if dislike_scale != 1.0:
+        h = torch.where(h < 0, dislike_scale * h, h)
+    return to_sample_grid(scale * h, sample_size)
+
+
+def change_stats(before, after, heatmap) -> dict:
+    """Mean |after − before| (averaged over RGB) inside the disliked, liked, painted and unpainted areas.
+
+    ``change_ratio`` = change in the painted area ÷ change in the unpainted area (> 1: the
+    update acted where the person painted); ``disliked_over_unpainted`` and ``liked_over_unpainted``
+    likewise. NaN where an area is empty (e.g. nothing unpainted: a stroke over the whole image).
+    """
+    b = torch.as_tensor(before, dtype=torch.float32).cpu().numpy()
+    a = torch.as_tensor(after, dtype=torch.float32).cpu().numpy()
+    h = np.asarray(heatmap, dtype=np.float32)
+    change = np.abs(a - b).mean(0)
+
+    def mean(mask):
+        return float(change[mask].mean()) if mask.any() else float("nan")
+
+    out = {
+        "change_disliked": mean(h < 0),
+        "change_liked": mean(h > 0),
+        "change_painted": mean(h != 0),
+        "change_unpainted": mean(h == 0),
+        "change_all": float(change.mean()),
+    }
+    unp = out["change_unpainted"]
+    for key, num in (("change_ratio", "change_painted"), ("disliked_over_unpainted", "change_disliked"),
+                     ("liked_over_unpainted", "change_liked")):
+        out[key] = out[num] / unp if unp > 0 else float("nan")
+    return out
