@@ -22,6 +22,10 @@ pixel centre to the brush centre; within one stroke each pixel keeps its largest
 like/dislike set map = clamp(before ± strength·m, −1, 1); the eraser sets
 map = before·(1 − strength·m).
 
+After a round, :meth:`HeatmapCanvas.set_change_map` overlays what moved (the round's
+``change_map``, magenta, brighter = changed more; the "Show change" button or ``show_change``
+toggles it), so a person sees whether the region they painted is the one that changed.
+
 The painted map becomes per-pixel advantages in :mod:`pxpo_lite.feedback`.
 Introduced in ``notebooks/06_human_feedback_canvas.ipynb``.
 
@@ -130,6 +134,9 @@ class HeatmapCanvas(anywidget.AnyWidget):
     strength = traitlets.Float(1.0).tag(sync=True)
     overlay_opacity = traitlets.Float(0.6).tag(sync=True)
     scale = traitlets.Int(0).tag(sync=True)
+    # the last round's change map (flat row-major H*W mean |after - before|, [] = none) and its toggle
+    change_data = traitlets.List(traitlets.Float()).tag(sync=True)
+    show_change = traitlets.Bool(False).tag(sync=True)
     # read-only for the browser: how many undo steps exist, and a status message
     history_length = traitlets.Int(0).tag(sync=True)
     message = traitlets.Unicode("").tag(sync=True)
@@ -193,6 +200,8 @@ class HeatmapCanvas(anywidget.AnyWidget):
                     self.heatmap_data = [0.0] * (H * W)
                     self._history = []
                     self.history_length = 0
+                if len(self.change_data) != H * W:
+                    self.change_data, self.show_change = [], False
                 self.image_src = array_to_png_data_url(arr)
                 self.message = ""
         finally:
@@ -215,6 +224,29 @@ class HeatmapCanvas(anywidget.AnyWidget):
                 f"cannot {what}: the canvas has no image yet. Call canvas.set_image(image) with a (3,H,W) "
                 "image in [0,1] first (e.g. the image you want to give feedback on)."
             )
+
+    # -- the last round's change map -------------------------------------------------------------
+    def set_change_map(self, change, show: bool = True) -> None:
+        """Overlay ``change`` (H,W) ≥ 0, e.g. ``FeedbackRound.change_map`` (mean |after − before| per
+        pixel), on the image: brighter = moved more (scaled to the map's maximum). ``show`` turns
+        the overlay on (the "Show change" toggle; ``canvas.show_change = False`` hides it)."""
+        self._require_image("show a change map")
+        if hasattr(change, "detach"):
+            change = change.detach().float().cpu().numpy()
+        arr = np.asarray(change, dtype=np.float32)
+        if arr.shape != self.shape:
+            raise ValueError(f"change must have the image's size {self.shape} (H,W), got shape {arr.shape}; "
+                             "pass the round's change map, e.g. canvas.set_change_map(round.change_map)")
+        if not np.isfinite(arr).all() or (arr < 0).any():
+            raise ValueError("change must be finite and >= 0 (mean |after − before| per pixel), got NaN/inf or a negative value")
+        with self.hold_sync():
+            self.change_data = [round(float(v), 5) for v in arr.ravel()]
+            self.show_change = bool(show)
+
+    @property
+    def change_map(self) -> np.ndarray | None:
+        """The change map shown by the overlay, (H,W) float32, or None when none was set for this image."""
+        return list_to_heatmap(self.change_data, self.height, self.width) if self.change_data else None
 
     # -- heatmap --------------------------------------------------------------------------------
     @property

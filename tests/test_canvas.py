@@ -250,3 +250,37 @@ def test_colab_custom_widget_manager_is_enabled(monkeypatch, image):
         assert "application/vnd.jupyter.widget-view+json" in data
     finally:
         util.enable_custom_widget_manager_once.cache_clear()
+
+
+# -- the last round's change map --------------------------------------------------------------
+def test_change_map_overlay_traits_toggle_and_errors(canvas, image):
+    assert canvas.change_map is None and canvas.show_change is False
+    change = np.zeros((32, 32), np.float32)
+    change[4:8, 4:8] = 0.3
+    canvas.set_change_map(change)
+    assert canvas.show_change is True and len(canvas.change_data) == 32 * 32
+    np.testing.assert_allclose(canvas.change_map, change, atol=1e-5)
+    canvas.show_change = False  # the toggle the browser button flips
+    canvas.set_change_map(torch.from_numpy(change), show=False)
+    assert canvas.show_change is False
+    with pytest.raises(ValueError, match=r"change must have the image's size \(32, 32\)"):
+        canvas.set_change_map(np.zeros((16, 16)))
+    with pytest.raises(ValueError, match="change must be finite and >= 0"):
+        canvas.set_change_map(np.full((32, 32), np.nan))
+    with pytest.raises(ValueError, match="change must be finite and >= 0"):
+        canvas.set_change_map(-np.ones((32, 32)))
+    canvas.set_image(image)  # the next image of the same size keeps the last round's map
+    assert canvas.change_map is not None
+    canvas.set_image(torch.rand(3, 16, 16))  # another size: the map no longer fits and goes
+    assert canvas.change_map is None and canvas.show_change is False
+    with pytest.raises(NoImageError, match="cannot show a change map"):
+        HeatmapCanvas().set_change_map(change)
+    js = (ROOT / "pxpo_lite" / "widget" / "canvas.js").read_text()
+    assert '"change:change_data"' in js and '"change:show_change"' in js and "pxpo-change" in js
+
+
+def test_import_pxpo_lite_does_not_import_anywidget():
+    import subprocess
+
+    code = "import sys, pxpo_lite; assert 'anywidget' not in sys.modules; pxpo_lite.HeatmapCanvas; assert 'anywidget' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(ROOT))

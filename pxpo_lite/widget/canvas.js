@@ -3,6 +3,8 @@
 // An anywidget ES module (no build step, no imports): `export default { render }`.
 // Painting happens here, in the browser; the map reaches Python only when a stroke ends,
 // as the `heatmap_data` trait (a flat row-major list of H*W floats in [-1, 1]).
+// The last round's change map (`change_data`, same layout, >= 0) is drawn in magenta over the
+// image while `show_change` is on (the "Show change" button toggles it).
 // Undo lives in Python (one history of every map state): the Undo button sends
 // {event: "undo"} to the kernel. Python side: pxpo_lite/canvas.py (HeatmapCanvas).
 //
@@ -81,6 +83,14 @@ function render({ model, el: root }) {
   clearBtn.title = "Erase the whole map (undoable)";
   toolbar.appendChild(undoBtn);
   toolbar.appendChild(clearBtn);
+  const changeBtn = el("button", "pxpo-btn pxpo-change", "Show change");
+  changeBtn.type = "button";
+  changeBtn.title = "Overlay what moved in the last round (brighter = changed more)";
+  changeBtn.addEventListener("click", () => {
+    model.set("show_change", !model.get("show_change"));
+    model.save_changes();
+  });
+  toolbar.appendChild(changeBtn);
 
   const stage = el("div", "pxpo-stage");
   const canvas = el("canvas", "pxpo-paint");
@@ -163,6 +173,19 @@ function render({ model, el: root }) {
     }
     octx.putImageData(px, 0, 0);
     ctx.drawImage(overlay, 0, 0, W * scale, H * scale);
+    // the last round's change map: magenta, alpha ~ change / its maximum
+    const change = model.get("change_data") || [];
+    if (model.get("show_change") && change.length === H * W) {
+      let mx = 0;
+      for (let i = 0; i < change.length; i++) mx = Math.max(mx, change[i]);
+      const cx = octx.createImageData(W, H);
+      for (let i = 0; i < H * W; i++) {
+        cx.data[4 * i] = 255; cx.data[4 * i + 1] = 0; cx.data[4 * i + 2] = 255;
+        cx.data[4 * i + 3] = mx > 0 ? Math.round(230 * Math.min(1, change[i] / mx)) : 0;
+      }
+      octx.putImageData(cx, 0, 0);
+      ctx.drawImage(overlay, 0, 0, W * scale, H * scale);
+    }
     if (hover) {
       const r = (Number(model.get("brush_size")) / 2) * scale;
       ctx.beginPath();
@@ -182,6 +205,10 @@ function render({ model, el: root }) {
     const brush = model.get("brush");
     for (const name in brushButtons) brushButtons[name].classList.toggle("pxpo-active", name === brush);
     undoBtn.disabled = (model.get("history_length") | 0) === 0;
+    const hasChange = (model.get("change_data") || []).length === H * W && H * W > 0;
+    changeBtn.disabled = !hasChange;
+    changeBtn.classList.toggle("pxpo-active", hasChange && !!model.get("show_change"));
+    changeBtn.textContent = hasChange && model.get("show_change") ? "Hide change" : "Show change";
     showSize();
     showStrength();
     showOverlay();
@@ -329,6 +356,8 @@ function render({ model, el: root }) {
     ["change:overlay_opacity", onSmall],
     ["change:history_length", onSmall],
     ["change:message", onSmall],
+    ["change:change_data", onSmall],
+    ["change:show_change", onSmall],
   ];
   for (const [name, fn] of events) model.on(name, fn);
   readModelMap();
