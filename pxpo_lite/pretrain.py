@@ -14,7 +14,12 @@ cosine to 0) and the EMA is ``diffusers.training_utils.EMAModel`` (decay
 min(0.999, (1+k)/(10+k)) at update k+1; the first update copies the weights).
 
 The command, data seed, steps, wall time and library versions are written beside the
-weights (``TRAINING.json``), so the shipped files can be rebuilt and audited.
+weights (``TRAINING.json``), so the shipped files can be rebuilt and audited. ``TRAINING.json``
+also lists every file of the folder: ``--out DIR`` replaces ``DIR`` only when it is missing, empty,
+or a folder this command wrote (nothing in it but the files its ``TRAINING.json`` lists); anything
+else is refused before training starts. A save is staged in the hidden ``.DIR.pxpo-tmp`` (marked
+with ``pxpo-save.json``) and swapped in through ``.DIR.pxpo-old``; a ``DIR.old`` or ``DIR.tmp`` of
+yours is never touched.
 
 Provenance of the shipped weights
 ---------------------------------
@@ -45,6 +50,8 @@ Introduced in ``notebooks/00_tour.ipynb`` (the shipped models).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import shutil
 import sys
@@ -82,7 +89,86 @@ def library_versions() -> dict:
 
 
 def _record(out: Path, info: dict) -> None:
-    atomic_write_json(out / "TRAINING.json", info, indent=2)
+    files = sorted(f.relative_to(out).as_posix() for f in out.rglob("*") if f.is_file() and f.name != MARKER)
+    atomic_write_json(out / "TRAINING.json", {**info, "files": files}, indent=2)
+
+
+# -- writing only what this command made -------------------------------------------------------
+MARKER = "pxpo-save.json"  # first file of a staging folder: {"format": ..., "target": <out's name>}
+_FORMAT = "pxpo-lite-pretrain"
+# what a TRAINING.json without a "files" list (written before it had one) may sit beside
+_LEGACY = {"TRAINING.json", "model_index.json", "config.json", "model.safetensors", "unet", "vae", "text_encoder",
+           "tokenizer", "scheduler"}
+
+
+def _staged(out: Path, suffix: str) -> Path:
+    out = Path(out).resolve()
+    return out.with_name(f".{out.name}.pxpo-{suffix}")
+
+
+def _not_ours(folder: Path) -> str | None:
+    """None when ``folder`` is missing, empty, or holds only what its TRAINING.json records; else what is not ours."""
+    if not folder.exists() and not folder.is_symlink():
+        return None
+    if folder.is_symlink() or not folder.is_dir():
+        return "it is a file or a link, not a folder"
+    entries = sorted(folder.iterdir())
+    if not entries:
+        return None
+    try:
+        info = json.loads((folder / "TRAINING.json").read_text())
+    except (OSError, ValueError):
+        info = None
+    if not isinstance(info, dict) or not str(info.get("command", "")).startswith("python -m pxpo_lite.pretrain"):
+        return f"it holds {[e.name for e in entries][:8]} and no TRAINING.json written by this command"
+    files = set(info["files"]) | {"TRAINING.json", MARKER} if isinstance(info.get("files"), list) else None
+    if files is None:
+        foreign = [e.name for e in entries if e.name not in _LEGACY]
+    else:
+        foreign = sorted(f.relative_to(folder).as_posix() for f in folder.rglob("*")
+                         if not f.is_dir() and f.relative_to(folder).as_posix() not in files)
+    return f"it holds files this command did not write: {foreign[:8]}" if foreign else None
+
+
+def _staging_is_ours(tmp: Path, out: Path) -> bool:
+    try:
+        return json.loads((tmp / MARKER).read_text()) == {"format": _FORMAT, "target": Path(out).resolve().name}
+    except (OSError, ValueError):
+        return False
+
+
+def check_out(out: Path) -> None:
+    """Raise ValueError unless ``out`` (and its staging folders) hold nothing but what this command wrote."""
+    tmp, old = _staged(out, "tmp"), _staged(out, "old")
+    for folder, why in ((out, _not_ours(out)), (old, _not_ours(old)),
+                        (tmp, None if _staging_is_ours(tmp, out) or not _not_ours(tmp) else f"it has no {MARKER} of ours")):
+        if why:
+            raise ValueError(f"refusing to write the pretrained model to out={str(out)!r}: {str(folder)!r} is not a "
+                             f"folder this command wrote ({why}), and a save replaces it. Pass --out a new or empty "
+                             "folder, or move those files away")
+
+
+def save_folder(out: Path, write, info: dict) -> None:
+    """``write(folder)`` then ``TRAINING.json`` into the staging folder, then swap it in for ``out``:
+    a kill leaves a complete folder at ``out`` or ``.out.pxpo-old``, and only folders of ours are removed."""
+    out = Path(out)
+    check_out(out)
+    tmp, old = _staged(out, "tmp"), _staged(out, "old")
+    if not out.exists() and old.exists():  # a kill between the two renames: put the last save back
+        os.replace(old, out)
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    tmp.mkdir(parents=True)
+    atomic_write_json(tmp / MARKER, {"format": _FORMAT, "target": out.resolve().name})
+    write(tmp)
+    _record(tmp, info)
+    (tmp / MARKER).unlink()
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def _check_steps(steps, warmup: int) -> None:
@@ -97,6 +183,7 @@ def train_segmenter(out: Path, steps: int = 1500, batch: int = 32, lr: float = 3
                     log_every: int = 100, warmup: int = 100):
     """Train :class:`models.Segmenter` with cross-entropy on fresh world batches; save it to ``out``."""
     _check_steps(steps, warmup)
+    check_out(out)  # a refused folder fails now, not after the training
     torch.manual_seed(data_seed)
     model = models.Segmenter()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -118,9 +205,7 @@ def train_segmenter(out: Path, steps: int = 1500, batch: int = 32, lr: float = 3
     wall = time.time() - t0
     model.eval()
     metrics = evaluate_segmenter(model)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    _record(out, {
+    save_folder(out, model.save_pretrained, {
         "command": "python -m pxpo_lite.pretrain segmenter " + " ".join(sys.argv[2:]),
         "data_seed": data_seed, "steps": steps, "batch": batch, "lr": lr, "warmup": warmup,
         "wall_time_s": round(wall, 1), "final_loss": round(loss.item(), 5),
@@ -155,6 +240,7 @@ def train_diffusion(
 ):
     """Train the tiny pipeline (v-prediction MSE) and save its EMA weights to ``out`` every ``save_every`` steps."""
     _check_steps(steps, warmup)
+    check_out(out)  # a refused folder fails now, not after the training
     pipe = models.build_tiny_pipeline(seed=data_seed)
     unet, te, sched = pipe.unet, pipe.text_encoder, pipe.scheduler
     unet.train()
@@ -203,29 +289,14 @@ def train_diffusion(
 
 
 def save_ema_pipeline(pipe, params, ema: EMAModel, out: Path, info: dict) -> None:
-    """Save the pipeline with its EMA weights, plus ``TRAINING.json``; the training weights are restored.
-
-    Written to ``out.tmp`` first, then the previous folder is moved to ``out.old`` and
-    ``out.tmp`` renamed into place, so a kill leaves a complete pipeline at ``out`` or ``out.old``,
-    never a half-written one at ``out``.
-    """
-    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
+    """Save the pipeline with its EMA weights, plus ``TRAINING.json`` (:func:`save_folder`: only a
+    folder this command wrote is replaced); the training weights are restored."""
     ema.store(params)
     ema.copy_to(params)
     try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        pipe.save_pretrained(str(tmp), safe_serialization=True)
-        _record(tmp, info)
+        save_folder(out, lambda tmp: pipe.save_pretrained(str(tmp), safe_serialization=True), info)
     finally:
         ema.restore(params)
-    if out.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def main(argv=None):
