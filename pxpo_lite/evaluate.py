@@ -3,7 +3,11 @@
 Samples images for prompts drawn from held-out world seeds (never seen in pretraining), with
 fresh noise seeds, and reports the segmenter-judged prompt fidelity per attribute
 (:mod:`pxpo_lite.fidelity`), the segmenter's own held-out accuracy, load and sampling times.
-Writes a JSON report and a sample grid (prompt above each image).
+Writes a JSON report (``model_eval.json``) and a sample grid (``samples.png``, prompt above each
+image) into ``--out DIR`` (required: ``--out docs`` in this repository, see the Makefile). Only
+files this command wrote are replaced: an existing ``model_eval.json`` must be one of its reports,
+and an existing ``samples.png`` one that report records (its SHA-256); anything else is refused
+before any work starts.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import fidelity, models, world
+from .files import atomic_write, atomic_write_json, sha256_file
 from .pretrain import HELDOUT_WORLD_SEED, evaluate_segmenter
 from .sampling import sample
 
@@ -26,6 +31,30 @@ def sample_images(pipe, prompts, steps: int = 20, guidance: float | None = None,
                   batch_size=batch).images
 
 
+COMMAND = "python -m pxpo_lite.evaluate"
+REPORT, GRID = "model_eval.json", "samples.png"
+
+
+def check_out(out: Path) -> None:
+    """Raise ValueError unless ``out``'s report and grid are missing or were written by this command."""
+    try:
+        report = json.loads((out / REPORT).read_text()) if (out / REPORT).exists() else None
+    except (OSError, ValueError):
+        report = "unreadable"
+    ours = isinstance(report, dict) and str(report.get("command", "")).startswith(COMMAND)
+    problem = None
+    if report is not None and not ours:
+        problem = f"{str(out / REPORT)!r} is not a report of {COMMAND}"
+    elif (out / GRID).exists():
+        recorded = report.get("files", {}).get(GRID) if ours and isinstance(report.get("files"), dict) else None
+        legacy = ours and "files" not in report  # a report written before it recorded its files
+        if not legacy and (recorded is None or recorded != sha256_file(out / GRID)):
+            problem = f"{str(out / GRID)!r} is not the grid a report of {COMMAND} there records"
+    if problem:
+        raise ValueError(f"refusing to write into --out {str(out)!r}: {problem}, and it would be overwritten. "
+                         "Pass --out a new or empty folder, or move that file away")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m pxpo_lite.evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=512, help="number of samples (default 512)")
@@ -33,11 +62,13 @@ def main(argv=None):
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="guidance scales to evaluate")
     ap.add_argument("--eta", type=float, default=1.0, help="DDIM eta (1.0: the stochastic policy RL samples from)")
     ap.add_argument("--pipeline", type=Path, default=None, help="pipeline folder (default: shipped)")
-    ap.add_argument("--out", type=Path, default=Path("docs"))
+    ap.add_argument("--out", type=Path, required=True, help="folder for model_eval.json and samples.png "
+                    "(in this repository: --out docs); files there not written by this command are refused")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_out(args.out)
 
     t = time.perf_counter()
     pipe = models.load_tiny_pipeline(path=args.pipeline)
@@ -60,9 +91,10 @@ def main(argv=None):
             from .plotting import image_grid
 
             fig = image_grid(images[:32], prompts[:32], ncols=8, suptitle="tiny model samples (held-out prompts and seeds)")
-            fig.savefig(args.out / "samples.png", dpi=90)
+            atomic_write(args.out / GRID, lambda f: fig.savefig(f, dpi=90, format="png"))
+            report["files"] = {GRID: sha256_file(args.out / GRID)}
     report["segmenter_heldout"] = evaluate_segmenter(seg)
-    (args.out / "model_eval.json").write_text(json.dumps(report, indent=2))
+    atomic_write_json(args.out / REPORT, report, indent=2)
     print(json.dumps({k: v for k, v in report.items() if k != "by_guidance"}, indent=2))
 
 
