@@ -10,8 +10,9 @@ seeds), compares the values and, where the result is differentiable, the gradien
 * ``… not done yet`` when the function raises ``NotImplementedError`` (the stub of a student
   notebook, see ``scripts/make_student.py``) — the reference is returned, so "Run all" works.
 
-Every outcome is kept in :data:`OUTCOMES` and displayed with the MIME type :data:`MIME`, which
-``python -m pxpo_lite.grade`` reads back from an executed notebook.
+Every outcome is kept in :data:`OUTCOMES` and displayed with the MIME type :data:`MIME`. The
+grader (``python -m pxpo_lite.grade``) does not read displayed outcomes: it runs each check itself
+on the learner's function, from the list in :mod:`pxpo_lite.checks.registry` (exercises, points).
 
 Exercises by notebook: 00 ``check_blueness``; 01 ``check_ddim_step_log_prob``; 01b
 ``check_reinforce_estimator``, ``check_ppo_clip_loss``; 02 ``check_prompt_advantages``; 03
