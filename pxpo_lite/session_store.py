@@ -19,8 +19,15 @@ Guarantees:
   recorded shape (images (3,H,W), maps (H,W) of the session's image), the adapters parse; any
   failure is a :class:`SessionError` naming the file;
 * **only the session's own files are deleted**: ``start(..., overwrite=True)`` removes exactly
-  the files a valid manifest lists (and then their folders if empty); a leftover round folder
-  from an interrupted save is replaced only if it holds nothing but the files a save writes.
+  the files a valid manifest lists, each only if it still has its recorded SHA-256 (else nothing
+  is deleted; a version-1 manifest records no hashes, so it is refused), and then their folders
+  if empty; a leftover round folder from an interrupted save is replaced only if it holds nothing
+  but the files a save writes; a manifest temp file a kill left (``.session.json.*.tmp``) is
+  removed on the next start or load;
+* **a failed save blocks nothing**: a round whose save fails (a folder in the way, a full disk)
+  is kept, with a copy of its arrays and adapter, and saved before the next round
+  (or by :meth:`SessionStore.save_pending`) once the cause is fixed; a round with bad arrays
+  (NaN, wrong shape) is refused before anything is kept.
 
 Example::
 
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -55,6 +63,7 @@ FORMAT_VERSION = 2  # 2: a SHA-256 and shape per file; 1 (still read): file name
 ADAPTER = "adapter.safetensors"
 PNGS = ("image", "heatmap")  # arrays also saved as a picture
 _RESERVED = ("format", "version", "image_shape", "initial", "rounds")
+_MANIFEST_TMP = re.compile(r"\.session\.json\.[a-z0-9_]{8}\.tmp")  # atomic_write's temp name for the manifest
 
 
 class SessionError(ValueError):
@@ -104,6 +113,7 @@ class SessionStore:
             raise TypeError(f"folder must be a path (str or Path), got {type(folder).__name__}")
         self.folder = Path(folder)
         self.manifest: dict | None = None  # as on disk after start()/load()/save_round()
+        self.pending: list[tuple] = []  # rounds whose save failed: (index, arrays, adapter, info), saved first
 
     @property
     def manifest_path(self) -> Path:
@@ -129,6 +139,8 @@ class SessionStore:
                     f"FeedbackSession.load({str(self.folder)!r}, pipe), or pass overwrite=True / another folder")
             self.remove()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._remove_manifest_temps()
+        self.pending = []
         m = {"format": FORMAT, "version": FORMAT_VERSION, **meta, "image_shape": list(image.shape), "rounds": []}
         self.manifest = m  # for the shape checks of _write_round
         try:
@@ -144,27 +156,51 @@ class SessionStore:
         ``adapter`` as safetensors, ``info`` (JSON) into its manifest entry; the manifest last."""
         if self.manifest is None:
             raise SessionError(f"no session started or loaded in {str(self.folder)!r}; call start() or load() first")
-        want = len(self.manifest["rounds"]) + 1
+        want = len(self.manifest["rounds"]) + len(self.pending) + 1
         if isinstance(index, bool) or index != want:
             raise ValueError(f"index must be the next round, {want}, got {index!r}")
         info = dict(info or {})
         if any(k in info for k in ("index", "folder", "files", "arrays")):
             raise ValueError("info must not use the keys 'index', 'folder', 'files', 'arrays'")
-        entry = {"index": index, **self._write_round(index, arrays, adapter), **info}
-        m = {**self.manifest, "rounds": self.manifest["rounds"] + [entry]}
-        atomic_write_json(self.manifest_path, m)  # the manifest last: the round now counts
-        self.manifest = m
+        arrays = self._check_arrays(index, arrays)  # a bad round is refused, never kept
+        adapter = None if adapter is None else {k: v.detach().cpu().clone() for k, v in adapter.items()}
+        self.pending.append((index, arrays, adapter, info))
+        self.save_pending()
 
-    def _write_round(self, index: int, arrays: dict, adapter) -> dict:
+    def save_pending(self) -> None:
+        """Save the rounds whose save failed, oldest first (:meth:`save_round` calls it). On a failure the
+        round stays pending, and the error says so."""
+        while self.pending:
+            index, arrays, adapter, info = self.pending[0]
+            try:
+                entry = {"index": index, **self._write_round(index, arrays, adapter), **info}
+                m = {**self.manifest, "rounds": self.manifest["rounds"] + [entry]}
+                atomic_write_json(self.manifest_path, m)  # the manifest last: the round now counts
+            except (OSError, SessionError) as e:
+                note = (f"round {index} was not saved and is kept in memory; fix the cause, and it is saved before the "
+                        "next round (or call save_pending())")
+                if isinstance(e, SessionError):
+                    raise SessionError(f"{e}; {note}") from e
+                if hasattr(e, "add_note"):
+                    e.add_note(note)
+                raise
+            self.manifest = m
+            self.pending.pop(0)
+
+    def _check_arrays(self, index: int, arrays: dict) -> dict:
         shape = tuple(self.manifest["image_shape"])
         checked = {}
         for name, a in arrays.items():
-            a = np.asarray(a, dtype=np.float32)
+            a = np.array(a, dtype=np.float32)  # a copy: kept as it is now if the save must wait
             if a.shape not in (shape, shape[1:]):
                 raise ValueError(f"round {index}: {name} has shape {a.shape}; expected {shape} (image) or {shape[1:]} (map)")
             if not np.isfinite(a).all():
                 raise ValueError(f"round {index}: {name} holds {int((~np.isfinite(a)).sum())} NaN/inf values; not saved")
             checked[name] = a
+        return checked
+
+    def _write_round(self, index: int, arrays: dict, adapter) -> dict:
+        checked = self._check_arrays(index, arrays)
         names = [f"{n}.npy" for n in checked] + [f"{n}.png" for n in checked if n in PNGS] + ([ADAPTER] if adapter is not None else [])
         final = self.folder / _round_name(index)
         tmp = self.folder / (final.name + ".tmp")
@@ -205,21 +241,36 @@ class SessionStore:
         except SessionError as e:
             raise SessionError(f"overwrite=True deletes only the files a valid {MANIFEST} lists, and this one is not "
                                f"valid, so nothing was deleted ({e}); delete the folder yourself or use another") from e
+        if m["version"] == 1:
+            raise SessionError(f"overwrite=True deletes only files whose SHA-256 {MANIFEST} records, and this version-1 "
+                               "manifest records none, so nothing was deleted; delete the folder yourself or use another")
         targets = []
         for e in self._entries(m):
             d = self._inside(e["folder"])
-            targets += [(d, self._inside(f"{e['folder']}/{name}")) for name in e["files"]]
+            targets += [(d, self._inside(f"{e['folder']}/{name}"), want) for name, want in e["files"].items()]
+        changed = [str(f.relative_to(self.folder.resolve())) for _, f, want in targets
+                   if f.exists() and (not f.is_file() or sha256_file(f) != want)]
+        if changed:
+            raise SessionError(f"overwrite=True deletes only the files {MANIFEST} lists with their recorded SHA-256, and "
+                               f"{changed[:8]} do not match it (edited, or not the session's), so nothing was deleted; "
+                               "move them away, or delete the folder yourself or use another")
         self.manifest_path.unlink()
         deleted = [self.manifest_path]
-        for d, f in targets:
+        for d, f, _ in targets:
             if f.is_file():
                 f.unlink()
                 deleted.append(f)
-        for d in dict.fromkeys(d for d, _ in targets):
+        for d in dict.fromkeys(d for d, _, _ in targets):
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
         self.manifest = None
         return deleted
+
+    def _remove_manifest_temps(self) -> None:
+        """Delete manifest temp files a kill left mid-write (only atomic_write's exact name pattern)."""
+        for f in self.folder.glob(".session.json.*.tmp"):
+            if _MANIFEST_TMP.fullmatch(f.name) and f.is_file():
+                f.unlink()
 
     # -- reading --------------------------------------------------------------------------------
     def _inside(self, rel) -> Path:
@@ -275,6 +326,8 @@ class SessionStore:
     def load(self) -> SavedSession:
         """Read and verify the whole session (see the module docstring); raises SessionError naming the file."""
         m = self._read_manifest()
+        self._remove_manifest_temps()
+        self.pending = []
         for d in sorted(self.folder.glob("round_*.tmp")):
             warnings.warn(f"ignoring {d.name}: a round whose save was interrupted (not in the manifest); the session "
                           f"continues from round {len(m['rounds'])}", stacklevel=2)
