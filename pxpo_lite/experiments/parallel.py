@@ -11,17 +11,30 @@ Workers are *forked*: they inherit the pipeline, tasks and segmenter already in 
 nothing but a job index goes in and plain numbers come back. Where forking is not possible or
 not safe — a GPU (CUDA cannot be forked), macOS, Windows, or one job — :func:`map_jobs` runs the jobs
 in this process one after another.
+
+**No hang when a worker dies.** The pool is :class:`concurrent.futures.ProcessPoolExecutor` (fork
+context), which notices a worker that exits without a result (``os._exit``, SIGKILL from the
+out-of-memory killer, a result or exception that cannot be unpickled) and fails every waiting
+job (``BrokenProcessPool``); :func:`map_jobs` then raises :class:`WorkerDied` naming the job(s) that
+were running and what to do. (``multiprocessing.Pool`` loses such a task and waits forever.)
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence
 
 import torch
 
 _WORK: dict = {}
+_PENDING, _RUNNING, _DONE = 0, 1, 2
+
+
+class WorkerDied(RuntimeError):
+    """A worker process of :func:`map_jobs` ended without returning its job's result."""
 
 
 def default_jobs(n_jobs: int, device="cpu") -> int:
@@ -41,7 +54,21 @@ def can_fork(device="cpu") -> bool:
 
 def _call(i: int):
     torch.set_num_threads(1)
-    return _WORK["fn"](_WORK["jobs"][i])
+    _WORK["state"][i] = _RUNNING  # shared memory: the parent can name the job a dead worker was running
+    out = _WORK["fn"](_WORK["jobs"][i])
+    _WORK["state"][i] = _DONE
+    return out
+
+
+def _died(jobs: list, state, k: int, err: BaseException) -> WorkerDied:
+    running = [i for i in range(len(jobs)) if state[i] == _RUNNING] or [k]
+    names = "; ".join(f"job {i}: {repr(jobs[i])[:120]}" for i in running)
+    return WorkerDied(
+        f"map_jobs: a worker process died without returning a result (killed, e.g. by the out-of-memory killer; "
+        f"os._exit; or a result or exception that cannot be pickled) while running {names} "
+        f"[{type(err).__name__}: {err}]. Run with processes=1 to see the error in this process, or use fewer "
+        "processes if memory ran out"
+    )
 
 
 def map_jobs(fn: Callable, jobs: Sequence, processes: int | None = None, device="cpu", on_result: Callable | None = None) -> list:
@@ -49,7 +76,8 @@ def map_jobs(fn: Callable, jobs: Sequence, processes: int | None = None, device=
 
     ``fn`` and the jobs may be closures or hold models (they are inherited, not pickled); each
     result must be picklable. ``on_result(k, result)`` is called as each one arrives (in order),
-    e.g. to advance a progress bar.
+    e.g. to advance a progress bar. An exception in ``fn`` is raised here as it is; a worker that
+    dies (killed, ``os._exit``, an unpicklable result) raises :class:`WorkerDied` naming the job.
     """
     jobs = list(jobs)
     if processes is None:
@@ -64,13 +92,26 @@ def map_jobs(fn: Callable, jobs: Sequence, processes: int | None = None, device=
             if on_result:
                 on_result(k, out[-1])
         return out
-    _WORK.update(fn=fn, jobs=jobs)
+    state = mp.get_context("fork").Array("b", len(jobs), lock=False)
+    _WORK.update(fn=fn, jobs=jobs, state=state)
+    ex = ProcessPoolExecutor(processes, mp_context=mp.get_context("fork"))
     try:
-        with mp.get_context("fork").Pool(processes) as pool:
-            for k, r in enumerate(pool.imap(_call, range(len(jobs)), chunksize=1)):
-                out.append(r)
-                if on_result:
-                    on_result(k, r)
+        futures = [ex.submit(_call, i) for i in range(len(jobs))]
+        for k, f in enumerate(futures):
+            try:
+                r = f.result()
+            except BrokenProcessPool as e:
+                raise _died(jobs, state, k, e) from e
+            out.append(r)
+            if on_result:
+                on_result(k, r)
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)  # an error or a dead worker: do not wait for the other jobs
+        for proc in list((getattr(ex, "_processes", None) or {}).values()):
+            proc.terminate()
+        raise
+    else:
+        ex.shutdown(wait=True)
     finally:
         _WORK.clear()
     return out
