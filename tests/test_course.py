@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import base64
+import copy
 import json
 import math
 import re
@@ -390,3 +391,86 @@ def test_run_notebooks_exports_every_figure(tmp_path):
     written = mod.export_figures(path, tmp_path / "figures")
     assert [p.name for p in written] == ["07_x-00-0.png", "07_x-00-1.png"]
     assert written[0].read_bytes() == b"\x89PNG fake"
+
+
+# --------------------------------------------------------------------------------------------
+# A ✓ means the notebook goes on: the return contract, float64, array inputs, copied inputs
+# --------------------------------------------------------------------------------------------
+def test_float64_answers_pass():
+    def ddim_f64(scheduler, model_output, t, x_t, x_prev, eta):  # the schedule in float64 too
+        s = copy.deepcopy(scheduler)
+        s.alphas_cumprod, s.final_alpha_cumprod = s.alphas_cumprod.double(), s.final_alpha_cumprod.double()
+        return ddim_ok(s, model_output.double(), t, x_t.double(), x_prev.double(), eta)
+
+    assert checks.check_ddim_step_log_prob(ddim_f64) is ddim_f64  # incl. the σ_t = 0 step's gradients
+    f64 = lambda lp, old, a, e: ppo_ok(lp.double(), old.double(), a.double(), e)
+    assert checks.check_ppo_clip_loss(f64) is f64
+    assert checks.check_blueness(lambda im: blue_ok(im.double())) is not None
+    assert checks.OUTCOMES["blueness"]["status"] == checks.PASSED
+
+
+@pytest.mark.parametrize("check,fn,words", [
+    (checks.check_blueness, lambda im: blue_ok(im).numpy(), ("NumPy array", "torch tensor of shape (4, 6, 5)", "values are right")),
+    (checks.check_reinforce_estimator, lambda *a: float(reinforce_ok(*a)), ("a float", "0-d", "values are right")),
+    (checks.check_heatmap_to_advantages, lambda h, s, sc=1.0: heat_ok(h, s, sc).numpy(), ("NumPy array", "(1, 8, 8)")),
+    (checks.check_ppo_clip_loss, lambda *a: (ppo_ok(*a), {}), ("a tuple", "tensor itself")),
+    (checks.check_per_pixel_log_prob, lambda lp: lp.sum(-3).round().long(), ("torch.int64", "float32 or float64")),
+    (checks.check_lora_param_count, lambda m, r, t: [lora_count_ok(m, r, t)], ("a list", "one number")),
+], ids=["blueness-numpy", "reinforce-float", "heatmap-numpy", "ppo-tuple", "per-pixel-int", "lora-list"])
+def test_an_answer_that_breaks_the_return_contract_gets_a_hint_not_a_pass(check, fn, words):
+    _failed_with(check, fn, *words)
+
+
+def test_numbers_and_numpy_arrays_where_the_text_allows_them():
+    assert checks.check_lora_param_count(lambda m, r, t: float(lora_count_ok(m, r, t))) is not None
+    assert checks.OUTCOMES["lora_param_count"]["status"] == checks.PASSED
+    numpy_effect = lambda b, a: (np.mean(a) - np.mean(b)) / np.std(b)  # 07.1 says "two arrays"
+    assert checks.check_effect_size(numpy_effect) is numpy_effect
+    listy = lambda b, a: (sum(a) / len(a) - sum(b) / len(b)) / float(np.std(np.asarray(b)))
+    assert checks.check_effect_size(listy) is listy
+    _failed_with(checks.check_effect_size, lambda b, a: (np.mean(a) - np.mean(b)) / np.std(b, ddof=1), "unbiased std")
+
+
+def test_inputs_are_copied_before_the_learners_function_sees_them():
+    def correct_but_mutates(rewards, prompts, clip_max=5.0):
+        out = prompt_adv_ok(rewards, prompts, clip_max)
+        prompts.reverse()
+        rewards.zero_()
+        return out
+
+    assert checks.check_prompt_advantages(correct_but_mutates) is correct_but_mutates
+
+    def wrong_and_mutates(rewards, prompts, clip_max=5.0):  # whole-batch statistics, then all prompts made equal
+        prompts[:] = [prompts[0]] * len(prompts)
+        return ((rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)).clamp(-clip_max, clip_max)
+
+    _failed_with(checks.check_prompt_advantages, wrong_and_mutates, "each prompt")
+
+
+def test_hints_name_exp_unbiased_std_and_a_missing_baseline():
+    no_exp = lambda lp, old, a, e: torch.maximum(-a * (lp - old), -a * (lp - old).clamp(1 - e, 1 + e)).mean()
+    msg = _failed_with(checks.check_ppo_clip_loss, no_exp, "not exponentiated")
+    assert "constant factor" not in msg
+    pxpo_no_exp = lambda lp, old, m, e=None: pxpo_ok(lp, old, m, None) if e is None else torch.maximum(
+        -m[:, None] * (lp - old), -m[:, None] * (lp - old).clamp(1 - e, 1 + e)).mean()
+    _failed_with(checks.check_pxpo_loss, pxpo_no_exp, "not exponentiated")
+    unbiased = lambda r, c=5.0: ((r - r.mean(0)) / ((r - r.mean(0)).std() + 1e-6)).clamp(-c, c)
+    _failed_with(checks.check_pixel_advantages, unbiased, "unbiased std", "unbiased=False")
+    no_baseline = lambda r, c=5.0: (r / (r.std(unbiased=False) + 1e-6)).clamp(-c, c)
+    _failed_with(checks.check_pixel_advantages, no_baseline, "baseline is missing")
+    no_baseline2 = lambda r, c=5.0: (r / ((r - r.mean(0)).std(unbiased=False) + 1e-6)).clamp(-c, c)
+    _failed_with(checks.check_pixel_advantages, no_baseline2, "baseline is missing")
+
+    def prompt_unbiased(rewards, prompts, clip_max=5.0):
+        out = torch.zeros_like(rewards)
+        for p in set(prompts):
+            idx = torch.tensor([i for i, q in enumerate(prompts) if q == p])
+            out[idx] = (rewards[idx] - rewards[idx].mean()) / (rewards[idx].std() + 1e-6)
+        return out.clamp(-clip_max, clip_max)
+
+    _failed_with(checks.check_prompt_advantages, prompt_unbiased, "unbiased std")
+
+
+def test_a_wrong_number_is_not_called_a_constant_factor():
+    msg = _failed_with(checks.check_reinforce_estimator, lambda *a: reinforce_ok(*a) + 0.37, "the reference gives")
+    assert "factor" not in msg

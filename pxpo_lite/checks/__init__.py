@@ -3,7 +3,9 @@
 Each ``check_*`` runs the learner's function and the reference on several random cases (fixed
 seeds), compares the values and, where the result is differentiable, the gradients, and shows
 
-* ``✓ … passed`` — the learner's function is returned: the notebook goes on with it;
+* ``✓ … passed`` — the learner's function is returned: the notebook goes on with it (its result
+  keeps the documented return type — a float32/float64 torch tensor of the reference's shape, or
+  one number where the exercise asks for one — so the cells after the check run with it);
 * ``✗ … failed`` with a hint that names *what* differs (shape, sign, a constant factor, a
   missing term, one of the classic mistakes of that exercise) and on which case, without
   showing the solution — the reference is returned;

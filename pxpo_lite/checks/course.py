@@ -44,6 +44,14 @@ def _prompt_adv_reference(rewards_, prompts, clip_max=5.0):
     return adv_lib.scalar_advantages(rewards_, list(prompts), tracker=tracker, clip_max=clip_max)
 
 
+def _unbiased_prompt_adv(rewards_, prompts, clip_max):
+    out = torch.zeros_like(rewards_)
+    for p in dict.fromkeys(prompts):
+        idx = torch.tensor([k for k, q in enumerate(prompts) if q == p])
+        out[idx] = (rewards_[idx] - rewards_[idx].mean()) / (rewards_[idx].std() + adv_lib.EPS)
+    return out.clamp(-clip_max, clip_max)
+
+
 def check_prompt_advantages(fn: Callable) -> Callable:
     """Check ``fn(rewards, prompts, clip_max=5.0)`` -> DDPO advantages (B,) of one batch.
 
@@ -66,7 +74,9 @@ def check_prompt_advantages(fn: Callable) -> Callable:
         r, clip = c["rewards"], c["clip_max"]
         return {"you normalise with the whole batch's mean and std; DDPO uses each prompt's own statistics":
                     ((r - r.mean()) / (r.std(unbiased=False) + adv_lib.EPS)).clamp(-clip, clip),
-                "nothing is clipped: clip the advantages to [−clip_max, clip_max]": _prompt_adv_reference(r, c["prompts"], None)}
+                "nothing is clipped: clip the advantages to [−clip_max, clip_max]": _prompt_adv_reference(r, c["prompts"], None),
+                "you use the unbiased std (.std() divides by n − 1); DDPO divides by each prompt's population std: "
+                ".std(unbiased=False)": _unbiased_prompt_adv(r, c["prompts"], clip)}
 
     return run_check("prompt_advantages", fn, _prompt_adv_reference, cases, variants=variants,
                      shape_hint="Return one advantage per reward (B,), in the batch's order.")
@@ -137,7 +147,8 @@ def check_effect_size(fn: Callable) -> Callable:
     """Check ``fn(rewards_before, rewards_after)`` -> (mean after − mean before) / std before.
 
     Reference: :func:`pxpo_lite.experiments.effect_size` on the statistics ``measure_heldout``
-    reports (population std of the rewards before) (notebook 07).
+    reports (population std of the rewards before) (notebook 07). The rewards are "two arrays": an
+    answer written for NumPy arrays (``np.mean``, ``np.std``) is called with arrays; it returns one number.
     """
     cases = []
     for i, (n, shift) in enumerate([(32, 0.3), (64, -0.1), (16, 1.2)]):
@@ -150,10 +161,12 @@ def check_effect_size(fn: Callable) -> Callable:
         d = a.mean() - b.mean()
         return {"you divide by the std *after* training; the paper's unit is the std before": d / a.std(unbiased=False),
                 "you divide by the pooled std; the paper's unit is the std before": d / torch.cat([a, b]).std(unbiased=False),
+                "you use the unbiased std (.std() or ddof=1 divides by N − 1); the paper's unit is the population "
+                "std of the rewards before (np.std(x), x.std(unbiased=False))": d / b.std(),
                 "that is the change itself; express it in units of the std before": d}
 
     return run_check("effect_size", fn, _effect_reference, cases, variants=variants,
-                     shape_hint="Return one number.")
+                     shape_hint="Return one number.", returns="number", arrays=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,8 +52,12 @@ def check_ddim_step_log_prob(fn: Callable) -> Callable:
         x_t, out = torch.randn(2, 3, 4, 5, generator=generator(seed)), torch.randn(2, 3, 4, 5, generator=generator(seed + 100))
         x_prev, _ = ddim.ddim_step_logprob(s, out, t, x_t, eta=eta, generator=generator(seed + 200))
         last = " (the last step: σ_t = 0)" if step == 9 else ""
-        cases.append({"_what": f"a {pred} scheduler, step {step} (t = {t}){last}, η = {eta}", "scheduler": s,
-                      "model_output": out, "t": t, "x_t": x_t, "x_prev": x_prev, "eta": eta})
+        case = {"_what": f"a {pred} scheduler, step {step} (t = {t}){last}, η = {eta}", "scheduler": s,
+                "model_output": out, "t": t, "x_t": x_t, "x_prev": x_prev, "eta": eta}
+        if step == 9:  # x_prev − μ is 0 up to float32 rounding, divided by σ̃² = SIGMA_MIN²: the gradient of a
+            # float64 answer differs from the float32 reference's by ~1e-4 there; allow 10 float32 ulps / σ̃² (0.012)
+            case["_grad_atol"] = 10 * torch.finfo(torch.float32).eps / ddim.SIGMA_MIN ** 2
+        cases.append(case)
 
     def variants(c):
         s, t, eta = c["scheduler"], c["t"], c["eta"]
@@ -141,6 +145,9 @@ def check_ppo_clip_loss(fn: Callable) -> Callable:
             "you clip the log-ratio to [−ε, ε]: clip the ratio ρ itself to [1 − ε, 1 + ε]":
                 torch.maximum(-a * rho, -a * (lp - old).clamp(-eps, eps).exp()).mean(),
             "the ratio is upside down: ρ = π_θ / π_old = exp(log_prob − old_log_prob)": _ppo_reference(old, lp, a, eps),
+            "the ratio is not exponentiated: ρ = exp(log_prob − old_log_prob), not the difference of the log-probs":
+                torch.maximum(-a * (lp - old), -a * (lp - old).clamp(1 - eps, 1 + eps)).mean(),
+            "the ratio is not exponentiated and nothing is clipped: ρ = exp(log_prob − old_log_prob)": (-a * (lp - old)).mean(),
             "that is a sum over the batch; PPO's loss is the mean": _ppo_reference(lp, old, a, eps) * len(lp),
         }
 

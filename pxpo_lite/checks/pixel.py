@@ -81,6 +81,12 @@ def check_pixel_advantages(fn: Callable) -> Callable:
         z = lambda x, s: (x / (s + adv_lib.EPS)).clamp(-clip, clip)
         centred = r - r.mean(0)
         return {"your baseline is one number per batch; PXPO's is a per-pixel mean map": z(r - r.mean(), centred.std(unbiased=False)),
+                "you use the unbiased std (.std() divides by N − 1); the advantages use the population std: "
+                ".std(unbiased=False)": z(centred, centred.std()),
+                "the baseline is missing: subtract the batch's mean map (per pixel) before dividing by the std":
+                    z(r, centred.std(unbiased=False)),
+                "the baseline is missing: subtract the batch's mean map (per pixel), then divide by the std of "
+                "what is left": z(r, r.std(unbiased=False)),
                 "you divide by a per-pixel std; use one scalar std of all centred values": z(centred, centred.std(0, unbiased=False)),
                 "nothing is clipped: clip the advantages to [−clip_max, clip_max]": centred / (centred.std(unbiased=False) + adv_lib.EPS)}
 
@@ -111,6 +117,9 @@ def check_pxpo_loss(fn: Callable) -> Callable:
                  losses.ddpo_loss(lp, old, m.mean((-2, -1)), eps)[0]}
         if eps is not None:
             v["nothing is clipped: clip each element's ratio to [1 − ε, 1 + ε]"] = (-m[:, None] * (lp - old).exp()).mean()
+            d = lp - old
+            v["the ratio is not exponentiated: ρ = exp(log_prob − old_log_prob), not the difference of the log-probs"] = \
+                torch.maximum(-m[:, None] * d, -m[:, None] * d.clamp(1 - eps, 1 + eps)).mean()
         return v
 
     return run_check("pxpo_loss", fn, _pxpo_reference, cases, grad=("log_prob",), variants=variants,
@@ -174,5 +183,6 @@ def check_lora_param_count(fn: Callable) -> Callable:
         full = sum(mods[n].weight.numel() for n in lora_lib.matching_modules(c["model"], c["target_modules"]))
         return {"you count the adapted layers' full weights: LoRA trains only the two low-rank factors": float(full)}
 
-    return run_check("lora_param_count", fn, _lora_count_reference, cases, variants=variants, shape_hint="Return one integer.")
+    return run_check("lora_param_count", fn, _lora_count_reference, cases, variants=variants, shape_hint="Return one integer.",
+                     returns="number")
 
