@@ -128,5 +128,8 @@ def check_config(config: TrainConfig, num_processes: int = 1) -> None:
         )
     for name in ("per_prompt_stats", "channels_last", "gradient_checkpointing", "prompt_cache", "compile_unet", "progress"):
         check_bool(name, getattr(c, name))
+    if c.use_lora is not None and not isinstance(c.use_lora, bool):  # "no" is truthy: it would train LoRA
+        raise ValueError(f"use_lora must be True, False or None (LoRA for SD, the full UNet for the tiny model), "
+                         f"got {c.use_lora!r}")
     if c.per_prompt_stats and c.stat_min_count > c.stat_buffer_size:
         raise ValueError(f"stat_min_count={c.stat_min_count} > stat_buffer_size={c.stat_buffer_size}; it would never be reached")

@@ -316,6 +316,11 @@ class Trainer:
             raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be a function (record, trainer) -> None or None, got {type(callback).__name__}")
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be an int >= 0 (epochs between saves; 0: none), got {checkpoint_every!r}")
+        if (checkpoint_dir is None) != (checkpoint_every == 0):
+            raise ValueError(f"checkpoint_dir={checkpoint_dir!r} with checkpoint_every={checkpoint_every!r} would never save; "
+                             "pass both (e.g. checkpoint_dir='checkpoints/run1', checkpoint_every=1) or neither")
         if checkpoint_dir is not None:
             check_save_target(checkpoint_dir)  # a refused folder fails now, not after an epoch of work
         bar = tqdm(range(epochs), desc=f"{self.config.method} epochs", disable=not (self.config.progress and self.accelerator.is_main_process))
