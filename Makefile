@@ -7,7 +7,7 @@
 #   make bench    run the benchmarks and write benchmarks/results/*.json
 #   make sync     write every notebook's Colab badge, install line and kernelspec from pyproject/version
 #   make strip    sync, then strip outputs from the notebooks (nbstripout) before committing
-#   make student  build the student version of the notebooks (scripts/make_student.py)
+#   make student  write student/ from notebooks/ (scripts/make_student.py; plain python3, no venv, seconds)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
@@ -56,8 +56,9 @@ strip: setup-dev
 	$(VENV)/bin/nbstripout --keep-id --keep-metadata-keys "cell.metadata.tags" \
 		--extra-keys "metadata.papermill cell.metadata.papermill" $(NOTEBOOKS)
 
-student: setup
-	$(PY) scripts/make_student.py
+# Plain python3 and the standard library: no venv, no torch, no nbformat (a notebook is JSON).
+student:
+	python3 scripts/make_student.py
 
 clean:
 	rm -rf executed test-artifacts .pytest_cache

@@ -283,11 +283,14 @@ def test_student_version_has_stubs_no_solutions_no_answers(name):
     assert n_solution == len(EXERCISES[name])
     student, counts = make_student.make_student(nb, name)
     assert counts["stubbed"] == n_solution
-    text = "\n".join(c.source for c in student.cells)
+    text = "\n".join("".join(c["source"]) for c in student["cells"])
     assert "### BEGIN SOLUTION" not in text
     assert text.count("raise NotImplementedError(") >= n_solution
-    assert not any("answer" in c.metadata.get("tags", []) for c in student.cells)
-    assert all(c.get("outputs", []) == [] for c in student.cells if c.cell_type == "code")
+    assert not any("answer" in c["metadata"].get("tags", []) for c in student["cells"])
+    assert all(c.get("outputs", []) == [] for c in student["cells"] if c["cell_type"] == "code")
+    badges = re.findall(r"https://colab\.research\.google\.com/github/[^)\s]+", text)
+    assert badges and all(b.endswith(f"/student/{name}") for b in badges), badges  # opens the student version
+    assert "### BEGIN SOLUTION" in "".join(c.source for c in nb.cells)  # the input is left as it was
     assert expected_exercises(ROOT / "notebooks" / name) == EXERCISES[name]
 
 
@@ -302,6 +305,29 @@ def test_every_notebook_ends_with_think_questions_and_records_in_one_cell(name):
     calls = [i for i, c in enumerate(code[:-1]) if re.search(r"(?<![\w.])record\(", c.source)]
     assert not calls, f"record(...) in learner-facing cells {calls}: put the value in RESULTS"
     assert "**Runtime (measured)**" in nb.cells[0].source and "Expected runtime" not in nb.cells[0].source
+
+
+def test_make_student_needs_neither_the_package_nor_torch_nor_nbformat(tmp_path):
+    """`make student` runs scripts/make_student.py with plain python3: only the standard library."""
+    code = ("import sys, runpy; sys.modules.update(torch=None, nbformat=None, pxpo_lite=None, numpy=None); "
+            f"sys.argv = ['make_student.py', {str(ROOT / 'notebooks' / '01b_rl_from_zero.ipynb')!r}, '--out', "
+            f"{str(tmp_path)!r}]; runpy.run_path({str(ROOT / 'scripts' / 'make_student.py')!r}, run_name='__main__')")
+    res = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "01b_rl_from_zero.ipynb").is_file()
+    nbformat.validate(nbformat.read(tmp_path / "01b_rl_from_zero.ipynb", as_version=4))
+    assert "\nstudent:\n\tpython3 scripts/make_student.py\n" in (ROOT / "Makefile").read_text()
+
+
+def test_published_student_notebooks_are_up_to_date(tmp_path):
+    """student/ is generated from notebooks/ and committed; regenerate it with `make student`."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_student.py"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    published = ROOT / "student"
+    want = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert sorted(p.name for p in published.glob("*.ipynb")) == want, "student/ and notebooks/ differ: run `make student`"
+    stale = [n for n in want if (published / n).read_bytes() != (tmp_path / n).read_bytes()]
+    assert not stale, f"student/ is out of date with notebooks/ for {stale}: run `make student` and commit student/"
 
 
 def test_make_student_command_writes_the_folder(tmp_path):
@@ -319,12 +345,12 @@ def test_make_student_command_writes_the_folder(tmp_path):
 # --------------------------------------------------------------------------------------------
 def _student(name: str, folder: Path, replace: dict[int, str] | None = None) -> Path:
     """Write the student version of a notebook; ``replace``: exercise index -> source of that cell."""
-    student, _ = make_student.make_student(nbformat.read(ROOT / "notebooks" / name, as_version=4), name)
-    cells = [c for c in student.cells if "solution" in c.metadata.get("tags", [])]
+    student, _ = make_student.make_student(make_student.read_notebook(ROOT / "notebooks" / name), name)
+    cells = [c for c in student["cells"] if "solution" in c["metadata"].get("tags", [])]
     for k, src in (replace or {}).items():
-        cells[k].source = src
+        cells[k]["source"] = src
     folder.mkdir(parents=True, exist_ok=True)
-    nbformat.write(student, folder / name)
+    (folder / name).write_text(make_student.dumps(student), encoding="utf-8")
     return folder / name
 
 
