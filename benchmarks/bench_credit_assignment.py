@@ -129,11 +129,6 @@ def main(argv=None) -> dict:
     for m in methods:
         E.parse_method(m)  # ValueError naming the known methods
     skipped = []
-    if not E.keep_supported():
-        skipped = [m for m in methods if m.endswith("+keep")]
-        methods = [m for m in methods if m not in skipped]
-        if skipped:
-            print(f"skipping {skipped}: this version's TrainConfig has no keep_beta (the keep term) yet")
     bad = [t for t in args.tasks if t not in E.TASKS]
     if bad:
         raise SystemExit(f"unknown task(s) {bad}; choose from {list(E.TASKS)}")

@@ -40,6 +40,11 @@ carries a large constant offset (say 1000 ± 0.05) subtract it in the reward fun
 signal — e.g. all-zero hair maps on bald prompts — we warn (:class:`NoSignalWarning`) and
 return zeros (never divide by zero).
 
+**A control without feedback** (:func:`uninformed_map`, :func:`spread_advantages`): the image's
+scalar advantage A_b spread over its pixels by a smooth random map m_b of mean 1 that knows nothing
+about the reward, A_b[i,j] = A_b · m_b[i,j]. It trains with the PXPO loss, so it separates "per-pixel
+credit helps because of the feedback" from "any spatial reweighting helps". m ≡ 1 gives DDPO.
+
 Rewards are checked by :func:`pxpo_lite.rewards.check_reward`: an empty batch, a NaN/inf, or a
 value too large for float32 raises a ValueError naming the samples and their prompts.
 
@@ -53,6 +58,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .rewards import check_reward
 
@@ -234,3 +240,38 @@ def pixel_advantages(
         )
     tracker = tracker if tracker is not None else PerPromptStatTracker(buffer_size=None, min_count=len(reward_maps) + 1)
     return clip_advantages(tracker.update(prompts, reward_maps), clip_max)
+
+
+UNINFORMED_AMPLITUDE = 1.0
+"""Relative spread of :func:`uninformed_map` (std of the map before clamping, its mean being 1):
+of the order of a real reward map's, where pixels differ by their whole value."""
+
+
+def uninformed_map(batch: int, size: tuple[int, int], generator: torch.Generator | None = None,
+                   amplitude: float = UNINFORMED_AMPLITUDE, coarse: int = 4) -> torch.Tensor:
+    """(batch, h, w) smooth random maps, ≥ 0 with mean exactly 1 per map, independent of any reward.
+
+    Gaussian noise on a ``coarse`` × ``coarse`` grid, bilinearly upsampled to ``size``, standardised,
+    then m = max(0, 1 + amplitude · u) / its mean. ``amplitude=0`` gives m ≡ 1 (then the spread
+    advantages are DDPO's).
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise ValueError(f"size must be (h, w) with positive ints (the sample grid), got {size!r}")
+    if isinstance(amplitude, bool) or not isinstance(amplitude, (int, float)) or not (np.isfinite(amplitude) and amplitude >= 0):
+        raise ValueError(f"amplitude must be a finite number >= 0 (0: a constant map), got {amplitude!r}")
+    u = torch.randn(batch, 1, coarse, coarse, generator=generator)
+    u = F.interpolate(u, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    u = (u - u.mean(dim=(1, 2), keepdim=True)) / (u.std(dim=(1, 2), keepdim=True) + 1e-8)
+    m = (1 + float(amplitude) * u).clamp_min(0)
+    return m / m.mean(dim=(1, 2), keepdim=True)
+
+
+def spread_advantages(advantages: torch.Tensor, weight_map: torch.Tensor) -> torch.Tensor:
+    """A_b[i,j] = A_b · m_b[i,j]: scalar advantages (B,) spread by maps (B,h,w) of mean 1."""
+    if not isinstance(advantages, torch.Tensor) or advantages.ndim != 1:
+        raise ValueError(f"advantages must be (B,) scalar advantages, got {getattr(advantages, 'shape', type(advantages).__name__)}")
+    if not isinstance(weight_map, torch.Tensor) or weight_map.ndim != 3 or len(weight_map) != len(advantages):
+        raise ValueError(f"weight_map must be (B={len(advantages)}, h, w), got {getattr(weight_map, 'shape', type(weight_map).__name__)}")
+    return advantages[:, None, None] * weight_map.to(device=advantages.device, dtype=advantages.dtype)

@@ -18,6 +18,18 @@ A[b,i,j] (broadcast over the C channels):
 * element-wise clipped ratio (our extension, ``docs/paper.md``): ρ[b,c,i,j] = exp(log p − log p^old),
   L = mean_b mean_{c,i,j} max(−A ρ, −A clip(ρ, 1−ε, 1+ε))
 
+Per-pixel advantages under an **image-level** ratio (``imageratio_loss``; DenseFlow-GRPO's form, a
+control in the credit benchmark): the ratio and its clip are DDPO's, ρ_b = exp(ℓ_b − ℓ_b^old), and
+each pixel's advantage multiplies that one ratio:
+
+* score function:  L = − mean_b (mean_{i,j} A[b,i,j]) ℓ_b
+* clipped:         L = mean_b mean_{i,j} max(−A[b,i,j] ρ_b, −A[b,i,j] clip(ρ_b, 1−ε, 1+ε))
+
+Without the clip this is DDPO with the map's mean as the image's advantage: the pixels share one
+log-likelihood, so their advantages cannot steer pixels apart. With the clip, a pixel stops
+pushing once the *image's* ratio leaves the trust region in its direction. A constant map gives
+DDPO exactly (tested).
+
 **Reduction**: a *mean* over C,h,w (not a sum) then a mean over B. With that choice a constant
 map A[b,i,j] = A_b gives exactly DDPO's score-function loss, and at θ = θ_old (ρ = 1, inside
 the clip) both clipped losses have DDPO's gradient too (tested). A sum over pixels would only
@@ -134,3 +146,18 @@ def pxpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage_map:
     else:
         loss = _ppo_term(log_ratio.exp(), adv, clip_range).mean(dim=(1, 2, 3)).mean()  # element-wise PPO
     return loss, _diagnostics(log_ratio, adv.expand_as(log_ratio), clip_range, loss)
+
+
+def imageratio_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage_map: torch.Tensor, clip_range: float | None = None):
+    """Per-pixel advantages (B,h,w) under DDPO's image-level ratio (module docstring). Returns (loss, info)."""
+    _check_clip(clip_range)
+    _check(log_prob, old_log_prob, advantage_map, "advantage_map", 3)
+    adv = advantage_map.to(device=log_prob.device, dtype=log_prob.dtype)  # (B,h,w)
+    lp = log_prob.mean(dim=(1, 2, 3))  # ℓ_b (B,)
+    log_ratio = lp - old_log_prob.mean(dim=(1, 2, 3)).to(device=lp.device, dtype=lp.dtype)  # log ρ_b
+    if clip_range is None:
+        loss = -(adv.mean(dim=(1, 2)) * lp).mean()  # L = −mean_b (mean_ij A) ℓ_b
+    else:
+        ratio = log_ratio.exp()[:, None, None]  # ρ_b, one per image, shared by its pixels
+        loss = _ppo_term(ratio, adv, clip_range).mean(dim=(1, 2)).mean()
+    return loss, _diagnostics(log_ratio, adv.mean(dim=(1, 2)), clip_range, loss)

@@ -23,7 +23,8 @@ REMOVED_FIELDS = ("skip_deterministic_steps",)
 class TrainConfig:
     """Every knob of :class:`Trainer`, one line each (defaults: ddpo-pytorch's where they apply)."""
 
-    method: str = "ddpo"  # "ddpo": one advantage per image; "pxpo": one advantage per pixel
+    method: str = "ddpo"  # "ddpo": one advantage per image; "pxpo": one advantage per pixel; "pxpo_imageratio": per-pixel advantages under one image-level ratio (losses.imageratio_loss; a control)
+    advantage_map: str = "reward"  # per-pixel methods: "reward" (each pixel's advantage from its own reward) or "uninformed" (a control: the image's scalar advantage × a smooth random map of mean 1, advantages.uninformed_map)
     clip_range: float | None = None  # None: score-function (REINFORCE) loss; a number ε: PPO-clipped ratio (DDPO: 1e-4)
     num_steps: int = 20  # DDIM steps T per trajectory
     eta: float = 1.0  # DDIM noise weight in (0, 1]; > 0 so that each step is a Gaussian policy with a log-prob
@@ -83,8 +84,13 @@ def check_config(config: TrainConfig, num_processes: int = 1) -> None:
     c = config
     if not isinstance(c, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(c).__name__}")
-    if c.method not in ("ddpo", "pxpo"):
-        raise ValueError(f"method must be 'ddpo' or 'pxpo', got {c.method!r}")
+    if c.method not in ("ddpo", "pxpo", "pxpo_imageratio"):
+        raise ValueError(f"method must be 'ddpo', 'pxpo' or 'pxpo_imageratio', got {c.method!r}")
+    if c.advantage_map not in ("reward", "uninformed"):
+        raise ValueError(f"advantage_map must be 'reward' or 'uninformed' (a control without feedback), got {c.advantage_map!r}")
+    if c.advantage_map == "uninformed" and c.method == "ddpo":
+        raise ValueError("advantage_map='uninformed' spreads the image's advantage over pixels: it needs a per-pixel "
+                         "method ('pxpo'), not 'ddpo'")
     if c.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {c.mixed_precision!r}")
     for name in ("num_steps", "samples_per_epoch", "sample_batch_size", "train_batch_size", "grad_accum_steps",

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from . import keep as keep_lib
 from . import lora
 from . import rewards as rewards_mod
-from .advantages import PerPromptStatTracker, clip_advantages
+from .advantages import PerPromptStatTracker, clip_advantages, spread_advantages, uninformed_map
 from .checkpoint import check_save_target
 from .pixelwise import to_sample_grid
 from .regions import MultiChannelReward
@@ -205,9 +205,11 @@ class Trainer:
         """
         c = self.config
         acc = self.accelerator
-        if c.method == "ddpo" and rewards.ndim == 3:
+        per_pixel = c.method != "ddpo"
+        uninformed = c.advantage_map == "uninformed"
+        if (not per_pixel or uninformed) and rewards.ndim == 3:
             rewards = rewards.mean(dim=(1, 2))  # (B,H,W) -> (B,): a scalar reward is the map's mean
-        if c.method == "pxpo" and rewards.ndim == 1:
+        if per_pixel and not uninformed and rewards.ndim == 1:
             h, w = sample_grid
             rewards = rewards[:, None, None].expand(len(rewards), h, w).contiguous()  # (B,) -> (B,h,w): constant map ≡ DDPO
         all_r, all_p = rewards, list(prompts)
@@ -218,7 +220,10 @@ class Trainer:
         adv = clip_advantages(tracker.update(all_p, all_r.cpu()), c.adv_clip_max)
         start = acc.process_index * len(rewards)
         adv = adv[start : start + len(rewards)]
-        if c.method == "pxpo":
+        if per_pixel and uninformed:  # a control: the image's advantage spread by a map that knows no reward
+            g = _gen(c.seed, self.epoch, acc.process_index, "spread")
+            adv = spread_advantages(adv, uninformed_map(len(adv), tuple(sample_grid), g))
+        elif per_pixel:
             adv = to_sample_grid(adv, sample_grid)  # (B,H,W) image resolution -> (B,h,w) sample grid (identity if equal)
         return adv
 

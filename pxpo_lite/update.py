@@ -39,10 +39,10 @@ import torch
 from . import keep as keep_lib
 from .config_checks import check_positive_int
 from .ddim import trainable_step_indices
-from .losses import NonFiniteError, ddpo_loss, pxpo_loss
+from .losses import NonFiniteError, ddpo_loss, imageratio_loss, pxpo_loss
 from .sampling import step_log_probs
 
-LOSSES = {"ddpo": ddpo_loss, "pxpo": pxpo_loss}
+LOSSES = {"ddpo": ddpo_loss, "pxpo": pxpo_loss, "pxpo_imageratio": imageratio_loss}
 """Method name -> per-timestep loss ``(log_prob, old_log_prob, advantages, clip_range) -> (loss, info)``."""
 
 
@@ -134,7 +134,7 @@ def step_loss(method: str, log_prob: torch.Tensor, old_log_prob: torch.Tensor, a
               clip_range: float | None, keep: "keep_lib.KeepTerm | None" = None) -> tuple[torch.Tensor, dict]:
     """The loss of one timestep for one micro-batch (all loss terms are assembled here).
 
-    log_prob, old_log_prob: (b,C,h,w); advantages: (b,) for "ddpo", (b,h,w) for "pxpo";
+    log_prob, old_log_prob: (b,C,h,w); advantages: (b,) for "ddpo", (b,h,w) for "pxpo" and "pxpo_imageratio";
     ``keep``: the pair's keep term (:func:`pxpo_lite.keep.keep_term`), added to the loss; its
     diagnostics go into the info as ``keep_kl`` (mean KL per element), ``keep_kl_kept``
     (w-weighted, where w > 0), ``keep_kl_free`` (where w = 0; NaN if none), ``keep_term``.
@@ -149,7 +149,7 @@ def step_loss(method: str, log_prob: torch.Tensor, old_log_prob: torch.Tensor, a
 
 
 def check_advantages(method: str, advantages: torch.Tensor, traj) -> None:
-    """(B,) for DDPO, (B,h,w) on the trajectory's sample grid for PXPO; otherwise a ValueError naming the shapes."""
+    """(B,) for DDPO, (B,h,w) on the trajectory's sample grid for the per-pixel losses; otherwise a ValueError naming the shapes."""
     B, h, w = len(traj), *traj.latents.shape[-2:]
     want = (B,) if method == "ddpo" else (B, h, w)
     if not isinstance(advantages, torch.Tensor) or tuple(advantages.shape) != want:

@@ -25,6 +25,9 @@ one idea each:
    (DDPO), per-region and per-pixel (PXPO) credit, each with and without the keep term
    (:data:`CREDIT_METHODS`), a learning rate per method by one rule (:func:`pilot_lr`),
    held-out effect, fidelity and change inside vs outside a region (:func:`region_change`).
+8. :mod:`~pxpo_lite.experiments.frontier` — the credit frontier: effect vs held-out fidelity over
+   lr and β grids that bracket each method, settings chosen on selection seeds and reported on
+   others (:func:`run_frontier`, :func:`frontier_goals`; drawn by :func:`plot_frontier`).
 7. :mod:`~pxpo_lite.experiments.stats` — bootstrap intervals over seeds
    (:func:`bootstrap_ci`, :func:`bootstrap_samples_to_target`) and :func:`select_lr`.
 
@@ -34,6 +37,7 @@ shirt only") and ``"hair_red"`` ("hair colour towards red"), :data:`TASKS`.
 Introduced in ``notebooks/04_pxpo_colour_feedback.ipynb``; used in 05 and 07.
 """
 from .credit import (
+    ALL_METHODS,
     CREDIT_LABELS,
     CREDIT_METHODS,
     CREDITS,
@@ -42,7 +46,6 @@ from .credit import (
     benchmark,
     credit_task,
     evaluate,
-    keep_supported,
     parse_method,
     credit_goals,
     pilot_lr,
@@ -63,6 +66,8 @@ from .evaluation import (
     table_row,
 )
 from .figures import LABELS, credit_table, pick_examples, plot_before_after, plot_comparison, plot_credit_assignment
+from .frontier import FRONTIER_METHODS, RunCache, frontier_goals, run_frontier
+from .frontier_figures import frontier_table, plot_frontier
 from .parallel import map_jobs
 from .runs import (
     DEFAULTS,
@@ -89,7 +94,9 @@ __all__ = [
     "result_to_json", "run", "samples_to_reach", "smooth", "summarize", "table_row", "task_prompts",
     # region tasks and the credit-assignment benchmark
     "CREDITS", "CREDIT_LABELS", "CREDIT_METHODS", "KEEP_BETA", "LABELS", "LR_GRID", "TASKS", "benchmark",
-    "bootstrap_ci", "bootstrap_samples_to_target", "credit_table", "credit_task", "evaluate", "keep_supported",
+    "bootstrap_ci", "bootstrap_samples_to_target", "credit_table", "credit_task", "evaluate",
     "parse_method", "credit_goals", "map_jobs", "pilot_lr", "plot_credit_assignment", "region_change", "run_credit", "samples_to_target",
     "select_lr", "summarize_credit",
+    # the credit frontier
+    "ALL_METHODS", "FRONTIER_METHODS", "RunCache", "run_frontier", "frontier_goals", "frontier_table", "plot_frontier",
 ]

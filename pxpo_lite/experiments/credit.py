@@ -1,16 +1,23 @@
 """Credit assignment compared fairly: one reward per image, per segmented part, or per pixel,
-each with and without the keep term, each at its own learning rate chosen by one rule.
+each with and without the keep term, and two controls that separate "the feedback helps" from
+"any spatial reweighting helps".
 
-The three ways to hand a reward map r (B,H,W) to the policy gradient (:data:`CREDITS`):
+The ways to hand a reward map r (B,H,W) to the policy gradient (:data:`CREDITS`):
 
 * ``"image"`` — DDPO: one advantage per image, from the image mean of r;
 * ``"region"`` — one advantage per segmented part: every pixel gets the mean of r over its
   part (``regions.per_part_average``: a piecewise-constant map), then the PXPO loss;
-* ``"pixel"`` — PXPO: one advantage per pixel, r itself.
+* ``"pixel"`` — PXPO: one advantage per pixel, r itself;
+* ``"pixel-clipped"`` — PXPO with the element-wise PPO clip (``runs.PXPO_CLIP_RANGE``);
+* ``"pixel-uninformed"`` — a control: the image's scalar advantage spread over its pixels by a
+  smooth random map of mean 1 (``advantages.uninformed_map``): per-pixel weights, no feedback;
+* ``"pixel-imageratio"`` — a control: per-pixel advantages under one image-level ratio
+  (``losses.imageratio_loss``, DenseFlow-GRPO's form).
 
-A method name is a credit, optionally with ``"+keep"``: the keep term β·KL(π_θ ‖ π_ref)
-(``TrainConfig.keep_beta``, global β; ``pxpo_lite.keep``) added to the loss. The image mean of
-the region map equals r's, so every method reports the same reward and the curves compare.
+Every credit reduces to DDPO under a constant map (tested). A method name is a credit,
+optionally with ``"+keep"``: the keep term β·KL(π_θ ‖ π_ref) (``TrainConfig.keep_beta``, global β;
+``pxpo_lite.keep``) added to the loss. The image mean of the region map equals r's, so every
+method reports the same reward and the curves compare.
 
 Each method × task gets its learning rate from :func:`pilot_lr`: one pilot run per lr of a
 grid (one seed), and ``stats.select_lr`` keeps the largest whose held-out prompt fidelity at
@@ -18,7 +25,9 @@ the end stays ≥ 90 %. :func:`benchmark` then runs every method on the same mod
 seeds and sample budget, measures each final model on held-out noise seeds (reward, the
 paper's effect size, fidelity, and for region tasks the change inside vs outside the region:
 :func:`region_change`), and :func:`summarize_credit` reports samples-to-target (target:
-DDPO's final reward) with bootstrap intervals over seeds.
+DDPO's final reward) with bootstrap intervals over seeds. The effect-vs-fidelity frontier over
+lr and β grids, with settings chosen on other seeds than those reported, is
+:mod:`pxpo_lite.experiments.frontier`.
 
 Used by ``benchmarks/bench_credit_assignment.py``; the result is shown in
 ``notebooks/07_ddpo_vs_pxpo.ipynb`` (``experiments.plot_credit_assignment``).
@@ -41,11 +50,17 @@ from .stats import bootstrap_ci, bootstrap_samples_to_target, select_lr
 from .sweeps import smooth
 from .tasks import Task
 
-CREDITS = {"image": "ddpo", "region": "pxpo", "pixel": "pxpo"}
-"""Credit -> the loss it trains with (``TrainConfig.method``)."""
+CREDITS = {"image": "ddpo", "region": "pxpo", "pixel": "pxpo", "pixel-clipped": "pxpo_clip",
+           "pixel-uninformed": "pxpo_uninformed", "pixel-imageratio": "pxpo_imageratio"}
+"""Credit -> the run method it trains with (``experiments.METHODS``: loss, clip, advantage map)."""
 
 CREDIT_METHODS = ("image", "region", "pixel", "image+keep", "region+keep", "pixel+keep")
-CREDIT_LABELS = {"image": "per-image credit (DDPO)", "region": "per-region credit", "pixel": "per-pixel credit (PXPO)"}
+"""The methods of the credit-assignment benchmark (its default); any credit of :data:`CREDITS`, with or
+without ``"+keep"``, is a valid method (:func:`parse_method`)."""
+ALL_METHODS = tuple(c + k for k in ("", "+keep") for c in CREDITS)
+CREDIT_LABELS = {"image": "per-image credit (DDPO)", "region": "per-region credit", "pixel": "per-pixel credit (PXPO)",
+                 "pixel-clipped": "per-pixel credit, clipped ratio", "pixel-uninformed": "random map × image advantage (control)",
+                 "pixel-imageratio": "per-pixel advantages, image ratio (control)"}
 CREDIT_LABELS.update({f"{k}+keep": f"{v} + keep" for k, v in list(CREDIT_LABELS.items())})
 
 KEEP_BETA = 1.0
@@ -61,15 +76,10 @@ def parse_method(method: str) -> tuple[str, bool]:
     """``"pixel+keep"`` -> ``("pixel", True)``; raises ValueError naming the known methods."""
     if not isinstance(method, str):
         raise TypeError(f"method must be a str such as 'pixel' or 'pixel+keep', got {type(method).__name__}")
-    if method not in CREDIT_METHODS:
-        raise ValueError(f"method must be one of {list(CREDIT_METHODS)}, got {method!r}")
+    if method not in ALL_METHODS:
+        raise ValueError(f"method must be one of {list(ALL_METHODS)}, got {method!r}")
     credit, _, keep = method.partition("+")
     return credit, keep == "keep"
-
-
-def keep_supported() -> bool:
-    """Whether this version's TrainConfig has the keep term (``keep_beta``)."""
-    return "keep_beta" in {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def credit_task(task: Task, credit: str, segmenter=None) -> Task:
@@ -93,9 +103,6 @@ def run_credit(base_pipe, task: Task, method: str, budget: int, seed: int = 0, l
     if learning_rate is not None:
         kw["learning_rate"] = float(learning_rate)
     if keep:
-        if not keep_supported():
-            raise RuntimeError(f"method {method!r} needs TrainConfig.keep_beta (the keep term), which this version lacks; "
-                               "drop the '+keep' methods")
         kw["keep_beta"] = float(keep_beta)
     c0 = time.process_time()
     r = run(base_pipe, credit_task(task, credit, segmenter), CREDITS[credit], budget, seed, progress=False,

@@ -38,10 +38,16 @@ METHODS: dict[str, dict] = {
     "ddpo": dict(method="ddpo", clip_range=None),
     "pxpo": dict(method="pxpo", clip_range=None),
     "pxpo_clip": dict(method="pxpo", clip_range=PXPO_CLIP_RANGE),
+    # the credit benchmark's two controls (experiments.credit): per-pixel credit without feedback, and
+    # per-pixel advantages under one image-level ratio (DenseFlow-GRPO's form)
+    "pxpo_uninformed": dict(method="pxpo", clip_range=None, advantage_map="uninformed"),
+    "pxpo_imageratio": dict(method="pxpo_imageratio", clip_range=None),
 }
 """Method name -> TrainConfig fields."""
 
-METHOD_LABELS = {"ddpo": "DDPO (score function)", "pxpo": "PXPO (score function)", "pxpo_clip": "PXPO (clipped ratio)"}
+METHOD_LABELS = {"ddpo": "DDPO (score function)", "pxpo": "PXPO (score function)", "pxpo_clip": "PXPO (clipped ratio)",
+                 "pxpo_uninformed": "image advantage × random map (control)",
+                 "pxpo_imageratio": "per-pixel advantages, image-level ratio (control)"}
 
 DEFAULTS = dict(
     num_steps=10,  # DDIM steps per trajectory (DDPO used 50 on SD; 10 suffice on the tiny model)
