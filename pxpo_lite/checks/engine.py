@@ -112,7 +112,7 @@ def _fresh(case: dict, grad: tuple) -> dict:
 
 
 def _as_arrays(args: dict) -> dict:
-    return {k: v.detach().numpy() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
 
 
 SIMPLE_RATIOS = {f"{k}": float(k) for k in range(2, 17)} | {f"1/{k}": 1 / k for k in range(2, 17)}
