@@ -23,7 +23,7 @@ like/dislike set map = clamp(before ± strength·m, −1, 1); the eraser sets
 map = before·(1 − strength·m).
 
 After a round, :meth:`HeatmapCanvas.set_change_map` overlays what moved (the round's
-``change_map``, magenta, brighter = changed more; the "Show change" button or ``show_change``
+``change_map``, yellow, stronger = changed more; the "Show change" button or ``show_change``
 toggles it), so a person sees whether the region they painted is the one that changed.
 
 The painted map becomes per-pixel advantages in :mod:`pxpo_lite.feedback`.

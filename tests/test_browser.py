@@ -9,7 +9,12 @@ the kernel's heatmap statistics, checks the signs per region, presses Undo in th
 checks the dislike stroke is gone. Screenshots go to ``test-artifacts/`` (set
 ``PXPO_UPDATE_DOCS_SCREENSHOT=1`` to also refresh ``docs/canvas.png`` for the README).
 
-The second test repeats the painting under Colab's widget stack (ipywidgets 7, anywidget 0.9,
+The second (``tests/browser_assets/refine_demo.ipynb``) paints a dislike patch with the mouse,
+runs one refinement round with RefineConfig's defaults, and reads the change map back from the
+kernel and from the canvas's own pixels (the "Show change" overlay on minus off): the painted
+region must have changed most.
+
+The last test repeats the painting under Colab's widget stack (ipywidgets 7, anywidget 0.9,
 classic Notebook 6.5) in a venv of Colab's versions that it builds itself (scripts/make_venv.py).
 
 Skipped only when Chromium or Playwright (or, for the second, the package index) is missing
@@ -39,6 +44,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "tests" / "browser_assets" / "canvas_demo.ipynb"
+REFINE_ASSET = ROOT / "tests" / "browser_assets" / "refine_demo.ipynb"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -76,12 +82,14 @@ def jupyter_lab(tmp_path):
 
     root = tmp_path / "root"
     root.mkdir()
-    nb = json.loads(ASSET.read_text())
-    if "pxpo-lite" not in KernelSpecManager().find_kernel_specs():
-        if IN_CI:
-            pytest.fail("Jupyter kernel 'pxpo-lite' is not registered; run `make setup`")
-        nb["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    (root / ASSET.name).write_text(json.dumps(nb))
+    registered = "pxpo-lite" in KernelSpecManager().find_kernel_specs()
+    if not registered and IN_CI:
+        pytest.fail("Jupyter kernel 'pxpo-lite' is not registered; run `make setup`")
+    for asset in (ASSET, REFINE_ASSET):
+        nb = json.loads(asset.read_text())
+        if not registered:
+            nb["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        (root / asset.name).write_text(json.dumps(nb))
     settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
@@ -168,10 +176,21 @@ def _run_cell(page, index: int, timeout: float = 90) -> None:
     raise AssertionError(f"code cell {index} did not run within {timeout:.0f} s")
 
 
-def _stats(page, index: int) -> dict:
+def _stats(page, index: int, tag: str = "HEATMAP_STATS", timeout: float = 30) -> dict:
     out = page.locator(".jp-Notebook .jp-CodeCell").nth(index).locator(".jp-OutputArea")
-    text = _wait(lambda: (t := out.inner_text()) and "HEATMAP_STATS" in t and t, 30, "the stats output")
-    return json.loads(text.split("HEATMAP_STATS", 1)[1].strip().splitlines()[0])
+    text = _wait(lambda: (t := out.inner_text()) and tag in t and t, timeout, "the stats output")
+    return json.loads(text.split(tag, 1)[1].strip().splitlines()[0])
+
+
+# the colour of each image pixel's centre as drawn on the canvas (row-major H*W [r, g, b])
+_READ_CANVAS = """(el) => {
+  const d = el.getContext("2d").getImageData(0, 0, el.width, el.height).data, s = el.width / %d, out = [];
+  for (let i = 0; i < %d; i++) for (let j = 0; j < %d; j++) {
+    const k = 4 * (Math.floor((i + 0.5) * s) * el.width + Math.floor((j + 0.5) * s));
+    out.push([d[k], d[k + 1], d[k + 2]]);
+  }
+  return out;
+}""" % (W, H, W)
 
 
 def _drag(page, box, row: float, cols: tuple[float, float]) -> None:
@@ -254,6 +273,65 @@ def test_paint_like_and_dislike_in_jupyterlab(jupyter_lab):
     if os.environ.get("PXPO_UPDATE_DOCS_SCREENSHOT"):
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copy(ARTIFACTS / "canvas_browser.png", ROOT / "docs" / "canvas.png")
+
+
+def test_paint_refine_one_round_and_see_the_change_map(jupyter_lab):
+    """A dislike stroke painted with the mouse, one round of RefineConfig's defaults, and the change
+    map read back twice: in the kernel (the round's |after − before|) and from the canvas's pixels
+    (the yellow overlay, on minus off). The painted region must have changed most."""
+    _require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run scripts/install_browser.sh (as root)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _require(False, "the playwright package is missing: pip install -e .[test]")
+    import numpy as np
+
+    base, token = jupyter_lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            console = []
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            page.goto(f"{base}/lab/tree/{REFINE_ASSET.name}?token={token}")
+            page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=60_000)
+            _wait(lambda: "| Idle" in page.locator("#jp-main-statusbar").inner_text(), 90, "the kernel to be idle")
+            _dismiss_toasts(page)
+            _run_cell(page, 0, timeout=180)
+            paint = page.locator("canvas.pxpo-paint")
+            try:
+                paint.wait_for(state="visible", timeout=90_000)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "refine_browser_failed.png"))
+                raise AssertionError("the canvas did not appear; browser console:\n" + "\n".join(console[-30:]))
+            box = paint.bounding_box()
+            change_btn = page.locator("button.pxpo-change")
+            assert change_btn.is_disabled(), "no round yet: nothing to show"
+            for row in (9, 11, 13):  # a dislike patch over the hair and forehead (brush 6 px, rows ~6-16)
+                _drag(page, box, row, (10, 21))
+            _wait(lambda: "disliked 0" not in page.locator(".pxpo-status").inner_text(), 10, "the status line")
+            page.mouse.move(box["x"] - 40, box["y"] - 40)  # off the canvas: no brush outline in the pixels read below
+
+            _run_cell(page, 1, timeout=180)  # one round
+            s = _stats(page, 1, "CHANGE_STATS", timeout=120)
+            _wait(lambda: change_btn.inner_text() == "Hide change", 30, "the change overlay to switch on")
+            page.locator(".pxpo-canvas").screenshot(path=str(ARTIFACTS / "refine_browser_change.png"))
+            on = np.array(paint.evaluate(_READ_CANVAS), float)
+            change_btn.click()
+            _wait(lambda: change_btn.inner_text() == "Show change", 30, "the toggle to switch the overlay off")
+            off = np.array(paint.evaluate(_READ_CANVAS), float)
+        finally:
+            browser.close()
+    painted = np.array(s["painted_mask"], bool).ravel()
+    assert s["painted_pixels"] > 50, s
+    # the kernel's change map: the painted region moved most
+    assert s["painted_mean"] > 2 * s["rest_mean"], {k: v for k, v in s.items() if k != "painted_mask"}
+    # the canvas shows it: the overlay adds most colour where the change was largest
+    overlay = np.abs(on - off).sum(1)
+    assert overlay.max() > 0, "the overlay drew nothing"
+    assert overlay[painted].mean() > 2 * overlay[~painted].mean(), (overlay[painted].mean(), overlay[~painted].mean())
+    print(f"one round {s['seconds']:.1f} s; change painted {s['painted_mean']:.3f} vs rest {s['rest_mean']:.3f}")
 
 
 def test_paint_with_ipywidgets7_classic_notebook():

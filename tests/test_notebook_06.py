@@ -13,6 +13,7 @@ def check_06(results: dict) -> None:
     assert results["rounds"] >= 2
     assert results["feedback_source"] == "synthetic"
     assert results["session_reload_matches"] is True
+    assert results["canvas_change_map_matches_last_round"] is True  # the canvas overlays the last round's change map
     assert results["seconds_per_round"] > 0
     for k in ("change_inside_disliked", "change_liked", "change_outside_unpainted",
               "total_change_disliked", "total_change_liked", "total_change_unpainted"):

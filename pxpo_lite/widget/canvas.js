@@ -3,7 +3,7 @@
 // An anywidget ES module (no build step, no imports): `export default { render }`.
 // Painting happens here, in the browser; the map reaches Python only when a stroke ends,
 // as the `heatmap_data` trait (a flat row-major list of H*W floats in [-1, 1]).
-// The last round's change map (`change_data`, same layout, >= 0) is drawn in magenta over the
+// The last round's change map (`change_data`, same layout, >= 0) is drawn in yellow over the
 // image while `show_change` is on (the "Show change" button toggles it).
 // Undo lives in Python (one history of every map state): the Undo button sends
 // {event: "undo"} to the kernel. Python side: pxpo_lite/canvas.py (HeatmapCanvas).
@@ -173,14 +173,14 @@ function render({ model, el: root }) {
     }
     octx.putImageData(px, 0, 0);
     ctx.drawImage(overlay, 0, 0, W * scale, H * scale);
-    // the last round's change map: magenta, alpha ~ change / its maximum
+    // the last round's change map: yellow, alpha ~ change / its maximum
     const change = model.get("change_data") || [];
     if (model.get("show_change") && change.length === H * W) {
       let mx = 0;
       for (let i = 0; i < change.length; i++) mx = Math.max(mx, change[i]);
       const cx = octx.createImageData(W, H);
       for (let i = 0; i < H * W; i++) {
-        cx.data[4 * i] = 255; cx.data[4 * i + 1] = 0; cx.data[4 * i + 2] = 255;
+        cx.data[4 * i] = 255; cx.data[4 * i + 1] = 230; cx.data[4 * i + 2] = 0;
         cx.data[4 * i + 3] = mx > 0 ? Math.round(230 * Math.min(1, change[i] / mx)) : 0;
       }
       octx.putImageData(cx, 0, 0);
