@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
                      args.per_prompt, args.track_every, args.n_boot, seg, cache,
                      map_fn=lambda fn, jobs: E.map_jobs(fn, jobs, processes=args.jobs), max_extend=args.max_extend,
                      **overrides)
-    out["goals"] = F.frontier_goals(out)
+    out["goals"] = E.frontier_goals(out)
     out["timing"].update(total_wall_s=round(time.perf_counter() - t0, 1), main_cpu_s=round(time.process_time() - c0, 1),
                          cached_runs_at_start=cached, jobs=args.jobs,
                          run_cpu_hours=round(out["timing"]["run_cpu_s"] / 3600, 2))

@@ -249,3 +249,30 @@ def test_committed_frontier_result(name):
             if row["best_at_fidelity"] is not None:
                 assert row["seeds"] >= 5
                 assert math.isfinite(row["best_at_fidelity"]["effect_std"]["mean"])
+
+
+def _row(lr, beta, mean, lo, hi, n=64, reach=None):
+    b = {"threshold": 0.9, "lr": lr, "beta": beta, "n_samples": n, "fidelity_end": 0.95, "fidelity_min": 0.9,
+         "effect_std": {"mean": mean, "lo": lo, "hi": hi}}
+    return {"seeds": 5, "lr_grid": [lr], "beta_grid": [] if beta is None else [beta], "frontier": [], "pareto": [],
+            "best_at_fidelity": b, "samples_to_paper_effect": {"point": reach, "lo": reach, "hi": reach}}
+
+
+def test_goals_and_the_notebooks_setting_from_a_result():
+    res = {"config": {"command": "python benchmarks/bench_credit_frontier.py"},
+           "summary": {"colour": {"image": _row(3e-5, None, 0.8, 0.6, 1.0, reach=128),
+                                  "pixel": _row(1e-5, None, 1.4, 1.2, 1.6, reach=32),
+                                  "pixel+keep": _row(1e-3, 1.0, 1.1, 0.9, 1.3, reach=64),
+                                  "pixel-uninformed": _row(3e-5, None, 1.3, 1.0, 1.5, reach=96)}}}
+    g = E.frontier_goals(res)["colour"]
+    assert g["best_pixel_method"] == "pixel"
+    assert g["beats_image"]["met"] and not g["beats_uninformed"]["met"]  # intervals 1.2–1.6 and 1.0–1.5 overlap
+    assert g["effect"]["met"] and g["samples"]["met"]  # 32 <= 0.25 * 128
+    s = E.frontier_setting("colour", res)
+    assert (s["method"], s["lr"], s["beta"], s["n_samples"]) == ("pixel", 1e-5, None, 64)
+    with pytest.raises(ValueError, match="not in this frontier result"):
+        E.frontier_setting("hair", res)
+    res["summary"]["colour"] = {"image": res["summary"]["colour"]["image"]}
+    with pytest.raises(ValueError, match="no per-pixel setting"):
+        E.frontier_setting("colour", res)
+    assert "best per-pixel method" in E.frontier_table({**res, "goals": E.frontier_goals(res)})

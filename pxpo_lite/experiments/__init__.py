@@ -66,8 +66,8 @@ from .evaluation import (
     table_row,
 )
 from .figures import LABELS, credit_table, pick_examples, plot_before_after, plot_comparison, plot_credit_assignment
-from .frontier import FRONTIER_METHODS, RunCache, frontier_goals, run_frontier
-from .frontier_figures import frontier_table, plot_frontier
+from .frontier import FRONTIER_METHODS, RunCache, run_frontier
+from .frontier_report import frontier_goals, frontier_setting, frontier_table, plot_frontier
 from .parallel import map_jobs
 from .runs import (
     DEFAULTS,
@@ -98,5 +98,5 @@ __all__ = [
     "parse_method", "credit_goals", "map_jobs", "pilot_lr", "plot_credit_assignment", "region_change", "run_credit", "samples_to_target",
     "select_lr", "summarize_credit",
     # the credit frontier
-    "ALL_METHODS", "FRONTIER_METHODS", "RunCache", "run_frontier", "frontier_goals", "frontier_table", "plot_frontier",
+    "ALL_METHODS", "FRONTIER_METHODS", "RunCache", "run_frontier", "frontier_goals", "frontier_setting", "frontier_table", "plot_frontier",
 ]

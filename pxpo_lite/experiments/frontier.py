@@ -263,7 +263,7 @@ def run_frontier(base_pipe, tasks: Sequence[Task], methods: Sequence[str] = FRON
     """The whole procedure of the module docstring for every task × method. ``budget``: one number or
     ``{task: samples}``; ``lr_grids``: ``{method or family: grid}`` (:func:`lr_grid`); ``map_fn(fn, jobs)``
     runs independent jobs (default: one after another; ``experiments.map_jobs`` for processes).
-    Returns the JSON-ready ``{"summary", "before", "selection", "timing"}``."""
+    Returns the JSON-ready ``{"summary", "before", "runs" (the evaluation seeds' runs), "timing"}``."""
     for m in methods:
         parse_method(m)
     cache = cache if cache is not None else RunCache(None)
@@ -305,7 +305,7 @@ def run_frontier(base_pipe, tasks: Sequence[Task], methods: Sequence[str] = FRON
             if c is not None:
                 eval_jobs += [(t, m, c["lr"], c["beta"], s) for s in eval_seeds]
     evals = map_fn(lambda j: one(*j), eval_jobs)
-    summary: dict = {}
+    summary, runs_out = {}, {}
     for t in points:
         summary[t] = {}
         for m in points[t]:
@@ -323,7 +323,7 @@ def run_frontier(base_pipe, tasks: Sequence[Task], methods: Sequence[str] = FRON
                                            **({k: at[k] for k in ("fidelity_end", "fidelity_min", "effect_std")} if at else {}),
                                            "meets_on_eval_seeds": bool(at and meets(at))}
                 row["eval_path"] = setting_points(rs, n_boot)
-                row["eval_runs"] = rs
+                runs_out.setdefault(t, {})[m] = rs
                 target = PAPER_EFFECT.get(t)
                 if target is not None:
                     row["samples_to_paper_effect"] = {"target_std": target, **samples_to_effect(rs, target, c["n_samples"], n_boot)}
@@ -332,54 +332,5 @@ def run_frontier(base_pipe, tasks: Sequence[Task], methods: Sequence[str] = FRON
                   "fidelity_other": b["fidelity_other"]} for t, b in befores.items()}
     n_runs = sum(len(rs) for lad in ladders for rs in lad["runs"].values()) + len(evals)
     cpu = sum(r["cpu_s"] for r in cache.records.values())
-    return {"summary": summary, "before": before,
+    return {"summary": summary, "before": before, "runs": runs_out,
             "timing": {"wall_s": round(time.perf_counter() - t0, 1), "runs": n_runs, "run_cpu_s": round(cpu, 1)}}
-
-
-# --------------------------------------------------------------------------------------------
-# Goals
-# --------------------------------------------------------------------------------------------
-PIXEL_METHODS = ("pixel", "pixel+keep", "pixel-clipped", "pixel-clipped+keep", "region", "region+keep")
-"""Per-pixel (feedback-carrying) credits that compete for "the best per-pixel method"."""
-
-GOAL_EFFECT = {"colour": 1.0, "hair": 2.0}
-
-
-def _best(summary_t: dict, names) -> tuple[str | None, dict | None]:
-    rows = [(m, r["best_at_fidelity"]) for m, r in summary_t.items() if m in names and r.get("best_at_fidelity")
-            and r["best_at_fidelity"].get("effect_std")]
-    if not rows:
-        return None, None
-    return max(rows, key=lambda mr: mr[1]["effect_std"]["mean"])
-
-
-def frontier_goals(result: dict) -> dict:
-    """The goals, per task, read from a frontier result: the best per-pixel method beats per-image
-    credit with disjoint 95 % intervals, its effect is ≥ :data:`GOAL_EFFECT`, it reaches the paper's
-    effect with ≤ 25 % of per-image credit's samples, and it beats the ``pixel-uninformed`` control."""
-    out = {}
-    for t, s in result["summary"].items():
-        m, b = _best(s, PIXEL_METHODS)
-        img = (s.get("image") or {}).get("best_at_fidelity") or {}
-        unf = (s.get("pixel-uninformed") or {}).get("best_at_fidelity") or {}
-        g: dict = {"best_pixel_method": m}
-        if b and img.get("effect_std"):
-            g["beats_image"] = {"pixel": b["effect_std"], "image": img["effect_std"],
-                                "met": b["effect_std"]["lo"] > img["effect_std"]["hi"]}
-        if b and unf.get("effect_std"):
-            g["beats_uninformed"] = {"pixel": b["effect_std"], "uninformed": unf["effect_std"],
-                                     "met": b["effect_std"]["lo"] > unf["effect_std"]["hi"]}
-        if b and t in GOAL_EFFECT:
-            g["effect"] = {"mean": b["effect_std"]["mean"], "goal": GOAL_EFFECT[t], "met": b["effect_std"]["mean"] >= GOAL_EFFECT[t]}
-        sp = (s.get(m) or {}).get("samples_to_paper_effect") if m else None
-        si = (s.get("image") or {}).get("samples_to_paper_effect")
-        if sp and si:
-            if sp.get("point") is None:
-                met = False
-            elif si.get("point") is None:
-                met = None  # per-image credit never reached it under the condition: no ratio to take
-            else:
-                met = sp["point"] <= 0.25 * si["point"]
-            g["samples"] = {"pixel": sp.get("point"), "image": si.get("point"), "met": met}
-        out[t] = g
-    return out

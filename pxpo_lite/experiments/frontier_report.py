@@ -1,12 +1,16 @@
-"""The credit frontier, drawn and tabulated: effect vs held-out fidelity per method (selection
-seeds), the chosen setting on the evaluation seeds with its 95 % interval, and effect vs samples
-at the chosen setting (is the budget large enough?).
+"""The credit frontier, read: the goals met or not (:func:`frontier_goals`), the setting notebooks 04
+and 05 train with (:func:`frontier_setting`), a table, and a figure — effect vs held-out fidelity per
+method (selection seeds), the chosen setting on the evaluation seeds with its 95 % interval, and
+effect vs samples at the chosen setting (is the budget large enough?).
 
-Used by ``benchmarks/bench_credit_frontier.py`` and ``notebooks/07_ddpo_vs_pxpo.ipynb``.
+Used by ``benchmarks/bench_credit_frontier.py`` and notebooks 04, 05 and 07.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from .credit import CREDIT_LABELS
+from .frontier import FIDELITY_END
 
 
 def _label(m: str) -> str:
@@ -93,8 +97,80 @@ def frontier_table(result: dict) -> str:
         g = (result.get("goals") or {}).get(task)
         if g:
             def word(x):
-                return "met" if x and x.get("met") else ("n/a" if x and x.get("met") is None else "not met")
+                if not x:
+                    return "not measured (no setting met the fidelity condition)"
+                return "met" if x.get("met") else ("n/a" if x.get("met") is None else "not met")
             lines.append(f"\nbest per-pixel method: {g.get('best_pixel_method')}; beats per-image (disjoint CIs): "
                          f"{word(g.get('beats_image'))}; effect goal: {word(g.get('effect'))}; beats the uninformed control: "
                          f"{word(g.get('beats_uninformed'))}; ≤ 25 % of per-image samples: {word(g.get('samples'))}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Goals
+# --------------------------------------------------------------------------------------------
+PIXEL_METHODS = ("pixel", "pixel+keep", "pixel-clipped", "pixel-clipped+keep", "region", "region+keep")
+"""Per-pixel (feedback-carrying) credits that compete for "the best per-pixel method"."""
+
+GOAL_EFFECT = {"colour": 1.0, "hair": 2.0}
+
+
+def _best(summary_t: dict, names) -> tuple[str | None, dict | None]:
+    rows = [(m, r["best_at_fidelity"]) for m, r in summary_t.items() if m in names and r.get("best_at_fidelity")
+            and r["best_at_fidelity"].get("effect_std")]
+    if not rows:
+        return None, None
+    return max(rows, key=lambda mr: mr[1]["effect_std"]["mean"])
+
+
+def frontier_goals(result: dict) -> dict:
+    """The goals, per task, read from a frontier result: the best per-pixel method beats per-image
+    credit with disjoint 95 % intervals, its effect is ≥ :data:`GOAL_EFFECT`, it reaches the paper's
+    effect with ≤ 25 % of per-image credit's samples, and it beats the ``pixel-uninformed`` control."""
+    out = {}
+    for t, s in result["summary"].items():
+        m, b = _best(s, PIXEL_METHODS)
+        img = (s.get("image") or {}).get("best_at_fidelity") or {}
+        unf = (s.get("pixel-uninformed") or {}).get("best_at_fidelity") or {}
+        g: dict = {"best_pixel_method": m}
+        if b and img.get("effect_std"):
+            g["beats_image"] = {"pixel": b["effect_std"], "image": img["effect_std"],
+                                "met": b["effect_std"]["lo"] > img["effect_std"]["hi"]}
+        if b and unf.get("effect_std"):
+            g["beats_uninformed"] = {"pixel": b["effect_std"], "uninformed": unf["effect_std"],
+                                     "met": b["effect_std"]["lo"] > unf["effect_std"]["hi"]}
+        if b and t in GOAL_EFFECT:
+            g["effect"] = {"mean": b["effect_std"]["mean"], "goal": GOAL_EFFECT[t], "met": b["effect_std"]["mean"] >= GOAL_EFFECT[t]}
+        sp = (s.get(m) or {}).get("samples_to_paper_effect") if m else None
+        si = (s.get("image") or {}).get("samples_to_paper_effect")
+        if sp and si:
+            if sp.get("point") is None:
+                met = False
+            elif si.get("point") is None:
+                met = None  # per-image credit never reached it under the condition: no ratio to take
+            else:
+                met = sp["point"] <= 0.25 * si["point"]
+            g["samples"] = {"pixel": sp.get("point"), "image": si.get("point"), "met": met}
+        out[t] = g
+    return out
+
+
+def frontier_setting(task: str, result: dict | None = None, methods: Sequence[str] = PIXEL_METHODS) -> dict:
+    """The best per-pixel setting of ``task`` that kept fidelity ≥ 0.9 (at the end, ≥ 0.85 all the way)
+    in a frontier result (default: the shipped ``credit_frontier``): ``{"method", "lr", "beta",
+    "n_samples", "effect_std", "fidelity_end", "fidelity_min", "source"}``. Notebooks 04 and 05 train
+    with it by default, so a learner's first run is the one that keeps the prompt."""
+    if result is None:
+        from ..data import benchmark_names, load_benchmark  # the shipped copy (a leaf module: no cycle)
+
+        result = load_benchmark("credit_frontier" if "credit_frontier" in benchmark_names() else "credit_frontier_reduced")
+    if task not in result["summary"]:
+        raise ValueError(f"task {task!r} is not in this frontier result (it has {sorted(result['summary'])}); "
+                         f"run python benchmarks/bench_credit_frontier.py --tasks {task}")
+    m, b = _best(result["summary"][task], methods)
+    if b is None:
+        raise ValueError(f"no per-pixel setting of {task!r} kept fidelity >= {FIDELITY_END} in this result; "
+                         "choose a learning rate by hand (see notebook 07)")
+    return {"method": m, "lr": b["lr"], "beta": b["beta"], "n_samples": b["n_samples"], "effect_std": b.get("effect_std"),
+            "fidelity_end": b.get("fidelity_end"), "fidelity_min": b.get("fidelity_min"),
+            "source": result.get("config", {}).get("command")}
