@@ -226,3 +226,14 @@ def test_an_unknown_notebook_name_is_an_error_unless_named_with_as(tmp_path):
     path = _write(tmp_path / "jo" / "homework.ipynb", REINFORCE_OK, PPO_OK)
     assert grader.main([str(path)]) == 2
     assert grader.main([str(path), "--as", "01b"]) == 0
+
+
+def test_the_ta_sheet_is_up_to_date_with_the_checks():
+    """docs/ta_sheet.md lists every exercise with its points and its checks' hints; regenerate it with
+    `python3 scripts/ta_sheet.py` after changing a check."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "ta_sheet.py"), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    text = (ROOT / "docs" / "ta_sheet.md").read_text(encoding="utf-8")
+    for e in registry.EXERCISES:
+        assert f"## {e.label} " in text and f"`{e.function}`, {e.points} point" in text
+    assert "the ratio is not exponentiated" in text and "unbiased std" in text

@@ -113,7 +113,7 @@ def check_reinforce_estimator(fn: Callable) -> Callable:
         return v
 
     return run_check("reinforce_estimator", fn, _reinforce_reference, cases, variants=variants,
-                shape_hint="Return one number: the estimate of ∂E[r]/∂μ (a 0-d tensor or a float).")
+                shape_hint="Return one number as a 0-d tensor: the estimate of ∂E[r]/∂μ (the next cells call .item() on it).")
 
 
 def _ppo_reference(log_prob, old_log_prob, advantages, clip_range):
