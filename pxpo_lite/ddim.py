@@ -221,6 +221,34 @@ def ddim_gaussian(scheduler, model_output: torch.Tensor, timestep: int, sample: 
     return mean, sigma, x0
 
 
+def ddim_step(scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor, *, eta: float = 0.0,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """x_{t−1} of one DDIM step for η in [0, 1] (η = 0: deterministic): ``DDIMScheduler.step(...).prev_sample``
+    without its NaN.
+
+    The same mean and σ_t as :func:`ddim_step_logprob` (1−ᾱ_{t−1}−σ_t² clamped at 0, where
+    diffusers takes the square root of a float32 −6e-8 and returns an all-NaN sample) and the same
+    noise draw as diffusers (one ``randn_tensor`` per step, only when η > 0), so a generator gives
+    what diffusers would give wherever diffusers gives a number. Used by the tiny pipeline's own
+    ``__call__``; RL sampling with log-probs is :func:`ddim_step_logprob`.
+    """
+    check_scheduler(scheduler)
+    if isinstance(eta, torch.Tensor) and eta.numel() == 1:
+        eta = float(eta)
+    if isinstance(eta, (int, float)) and not isinstance(eta, bool) and eta == 0:
+        eta = 0.0
+    else:
+        eta = check_eta(eta)
+    t = _timestep_int(scheduler, timestep)
+    mean, sigma, _ = ddim_gaussian(scheduler, model_output, t, sample, eta=eta)
+    if eta > 0:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
+        mean = mean + sigma * noise.float()
+    return mean.to(sample.dtype)
+
+
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std) -> torch.Tensor:
     """log N(x; μ, σ²) per element: −(x−μ)²/(2σ²) − log σ − ½ log 2π (float32)."""
     std = torch.as_tensor(std, dtype=torch.float32, device=mean.device)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import world
+from .ddim import ddim_step
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 TINY_PIPELINE_DIR = ASSETS / "tiny-portraits"
@@ -242,8 +243,8 @@ class TinyPortraitPipeline(_pipeline_base()):
         num_images_per_prompt: int = 1,
         return_dict: bool = True,
     ):
-        """Plain DDIM sampling (diffusers' own ``scheduler.step``). RL sampling with log-probs is
-        :func:`pxpo_lite.sample`."""
+        """Plain DDIM sampling (η in [0, 1]; the step of :func:`pxpo_lite.ddim.ddim_step`: diffusers'
+        ``scheduler.step`` without its float32 NaN). RL sampling with log-probs is :func:`pxpo_lite.sample`."""
         prompts = self.check_prompts(prompt)
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         device = self.device
@@ -262,7 +263,7 @@ class TinyPortraitPipeline(_pipeline_base()):
                 out = u + guidance_scale * (c - u)
             else:
                 out = self.unet(latents, t, encoder_hidden_states=cond).sample
-            latents = self.scheduler.step(out, t, latents, eta=eta, generator=generator).prev_sample
+            latents = ddim_step(self.scheduler, out, t, latents, eta=eta, generator=generator)
         images = self.decode_latents_to_images(latents)
         if output_type == "pil":
             from .plotting import to_pil

@@ -1,0 +1,55 @@
+"""Issue 20, silent wrong results: each case used to return a wrong answer without a word."""
+import copy
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+import pxpo_lite
+from pxpo_lite import world
+
+torch.set_num_threads(1)
+PROMPTS = world.all_prompts()[:2]
+
+
+@functools.lru_cache(maxsize=None)
+def _base():
+    return pxpo_lite.build_tiny_pipeline(seed=0)
+
+
+def _pipe():
+    return copy.deepcopy(_base())
+
+
+# ---- the pipeline's own __call__ -------------------------------------------------------------
+def test_pipeline_call_eta_1_is_finite_where_diffusers_rounds_below_zero():
+    """A schedule where diffusers' 1−ᾱ_{t−1}−σ_t² rounds to −6e-8 in float32: its own step gives an
+    all-NaN image; the pipeline must give the clamped (finite) step, as sample() does."""
+    pipe = _pipe()
+    pipe.scheduler.alphas_cumprod[799] = 0.1811  # 5 steps: t = 999 -> 799 rounds to −6e-8 at η = 1
+    s = copy.deepcopy(pipe.scheduler)
+    s.set_timesteps(5)
+    x = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.isnan(s.step(torch.zeros_like(x), 999, x, eta=1.0).prev_sample).all()  # diffusers' own step: NaN
+    images = pipe(PROMPTS, num_inference_steps=5, eta=1.0, generator=torch.Generator().manual_seed(0)).images
+    assert torch.isfinite(images).all()
+    traj = pxpo_lite.sample(pipe, PROMPTS, num_steps=5, eta=1.0, generator=torch.Generator().manual_seed(0), progress=False)
+    torch.testing.assert_close(images, traj.images, atol=1e-5, rtol=0)
+
+
+def test_pipeline_call_equals_diffusers_where_it_is_finite_and_checks_eta():
+    pipe = _pipe()
+    for eta in (0.0, 0.5):
+        got = pipe(PROMPTS[:1], num_inference_steps=4, eta=eta, generator=torch.Generator().manual_seed(1)).images
+        ref = _pipe()
+        g = torch.Generator().manual_seed(1)
+        x = pxpo_lite.sampling.initial_latents(ref, 1, g)
+        cond, _ = ref.encode_prompt(PROMPTS[:1], "cpu", 1, False)
+        ref.scheduler.set_timesteps(4)
+        with torch.no_grad():
+            for t in ref.scheduler.timesteps:
+                x = ref.scheduler.step(ref.unet(x, t, encoder_hidden_states=cond).sample, t, x, eta=eta, generator=g).prev_sample
+        torch.testing.assert_close(got, (x / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"eta must be a number in \(0, 1\], got 1\.5"):
+        pipe(PROMPTS[:1], num_inference_steps=2, eta=1.5)
