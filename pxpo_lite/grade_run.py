@@ -67,7 +67,11 @@ def _child(conn, ex: Extracted, exercise) -> None:
         status = outcome["status"]
         if status == engine.PASSED and returned is not fn:
             status, outcome = engine.FAILED, {"message": "the check did not return your function"}
-        conn.send(_result(status, outcome["message"], flags=flags))
+        message = outcome["message"]
+        if status == engine.FAILED and "raised NameError" in message:
+            message += (" The grader runs only your cells' imports, definitions and assignments that call nothing "
+                        "(no model load, no training): compute what the function needs inside it.")
+        conn.send(_result(status, message, flags=flags))
     except BaseException as e:  # noqa: BLE001 - the child reports whatever happened
         tb = traceback.format_exception_only(type(e), e)[-1].strip()
         conn.send(_result("failed", f"the check could not run your function: {tb}"))

@@ -144,6 +144,15 @@ def test_a_forged_passed_output_is_ignored(tmp_path):
     assert r["points"] == 0
 
 
+def test_a_global_computed_in_another_cell_is_explained(tmp_path):
+    uses_global = REINFORCE_OK.replace("    score = (actions - mu) / sigma**2\n",
+                                       "    score = (actions - mu) / sigma**2 * ONE\n")
+    r = grader.grade_notebook(_write(tmp_path / "lee" / NB, "ONE = torch.tensor(1.0)\n", uses_global, PPO_OK))
+    o = r["exercises"]["reinforce_estimator"]
+    assert o["status"] == "failed" and "NameError" in o["message"] and "call nothing" in o["message"]
+    assert r["exercises"]["ppo_clip_loss"]["status"] == "passed"
+
+
 def test_a_deleted_check_still_counts(tmp_path):
     only_first = REINFORCE_OK.replace("reinforce_estimate = checks.check_reinforce_estimator(reinforce_estimate)\n", "")
     r = grader.grade_notebook(_write(tmp_path / "carol" / NB, only_first))
