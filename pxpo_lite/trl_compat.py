@@ -30,6 +30,7 @@ Introduced in the README ("Coming from TRL").
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import warnings
 from typing import Any, Mapping
 
@@ -184,6 +185,10 @@ def trl_run_settings(cfg) -> dict:
     d = _as_dict(cfg)
     _check_known(d)
     full = {**TRL_DEFAULTS, **d}
+    for name, what in (("num_epochs", "epochs to train"), ("save_freq", "epochs between checkpoints")):
+        v = full[name]  # an int, not 2.7 (would train 2) nor 0 (a run that never saves)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"TRL setting {name} ({what}) must be an int >= 1, got {v!r}")
     return {
         "epochs": int(full["num_epochs"]),
         "checkpoint_every": int(full["save_freq"]),

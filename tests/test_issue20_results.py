@@ -53,3 +53,14 @@ def test_pipeline_call_equals_diffusers_where_it_is_finite_and_checks_eta():
         torch.testing.assert_close(got, (x / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"eta must be a number in \(0, 1\], got 1\.5"):
         pipe(PROMPTS[:1], num_inference_steps=2, eta=1.5)
+
+
+# ---- trl_run_settings ------------------------------------------------------------------------
+@pytest.mark.parametrize("field, value", [("save_freq", 0), ("save_freq", -1), ("num_epochs", 2.7), ("num_epochs", 0),
+                                          ("save_freq", True), ("num_epochs", "3")])
+def test_trl_run_settings_refuses_a_run_that_never_saves_or_truncates(field, value):
+    from pxpo_lite.trl_compat import trl_run_settings
+
+    with pytest.raises(ValueError, match=rf"TRL setting {field} .* must be an int >= 1, got {value!r}"):
+        trl_run_settings({field: value})
+    assert trl_run_settings({"num_epochs": np.int64(3), "save_freq": 2}) == {"epochs": 3, "checkpoint_every": 2, "checkpoint_dir": None}
