@@ -33,11 +33,15 @@ def test_nb04_colour(executed_notebook):
     path, results, seconds = executed_notebook("04_pxpo_colour_feedback.ipynb")
     _check_table(results, "colour")
     assert results["colour_adv_map_abs_mean"] > 0
+    # the default run is the credit frontier's per-pixel setting; the hacking run is shown beside it
+    assert results["colour_setting"]["method"] in ("pixel", "pixel+keep", "pixel-clipped", "pixel-clipped+keep", "region", "region+keep")
+    assert 0.0 <= results["colour_hack_contrast"]["fidelity"] <= 1.0 and _finite(results["colour_setting_effect_std"])
 
 
 def test_nb05_segmentation(executed_notebook):
     path, results, seconds = executed_notebook("05_pxpo_segmentation_feedback.ipynb")
     _check_table(results, "hair")
+    assert results["hair_setting"]["method"].startswith(("pixel", "region"))
     assert 0.0 <= results["hair_presence_after"] <= 1.0
     assert results["hair_reward_share_of_sampling"] < 0.5, "the segmenter reward must be cheap next to sampling"
 
@@ -54,5 +58,7 @@ def test_nb07_comparison(executed_notebook):
             assert _finite(results[f"{task}_{m}_final"])
     # the benchmark's larger run is read from the installed package (pxpo_lite.data), never ../benchmarks
     assert results["benchmark_command"].startswith("python benchmarks/bench_ddpo_vs_pxpo.py")
+    assert results["frontier_benchmark"] in ("credit_frontier", "credit_frontier_reduced")
+    assert set(results["frontier_goals"]) == set(results["frontier_best"])
     shipped = results["benchmark_final_rewards"]
     assert set(shipped) == {"colour", "hair"} and all(_finite(*v.values()) for v in shipped.values())
