@@ -55,7 +55,7 @@ EXERCISES: tuple[Exercise, ...] = (
     Exercise("08_stable_diffusion", "08.1", "latent_grid", "to_latent_grid", 1, "the latent grid"),
 )
 
-NOTEBOOKS: dict[str, tuple[Exercise, ...]] = {}
+NOTEBOOKS: dict[str, tuple[Exercise, ...]] = {"00a_environment_check": ()}  # a course notebook without exercises
 for _e in EXERCISES:
     NOTEBOOKS[_e.notebook] = NOTEBOOKS.get(_e.notebook, ()) + (_e,)
 del _e
