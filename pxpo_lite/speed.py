@@ -56,7 +56,9 @@ class PromptEmbeddingCache:
     does. Prompts not seen yet are encoded together in one batch and each row is kept (detached);
     calls with precomputed embeddings or extra keyword arguments (``clip_skip``, ``lora_scale``) go
     to the pipeline's own method unchanged. ``hits`` and ``misses`` count prompts served from the
-    cache and encoded. Call :meth:`clear` after changing the text encoder's weights.
+    cache and encoded. The cache empties itself when the text encoder (or tokenizer) is swapped or its
+    weights change (:meth:`encoder_version`: the modules' identity and each parameter's storage and
+    in-place version), so a cached row is always what the current encoder gives.
     """
 
     def __init__(self, pipe):
@@ -66,11 +68,23 @@ class PromptEmbeddingCache:
         self.store: dict[tuple[str, str], torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
+        self.version = self.encoder_version()
 
     def clear(self) -> None:
         self.store.clear()
 
+    def encoder_version(self) -> tuple:
+        """What the cached rows depend on: the text encoder and tokenizer objects, and every encoder
+        parameter's storage and in-place version (an optimiser step or ``load_state_dict`` bumps it)."""
+        enc = getattr(self.pipe, "text_encoder", None)
+        params = tuple((id(p), p.data_ptr(), p._version) for p in enc.parameters()) if isinstance(enc, torch.nn.Module) else ()
+        return id(enc), id(getattr(self.pipe, "tokenizer", None)), params
+
     def _encode_new(self, texts: Sequence[str], device) -> None:
+        version = self.encoder_version()
+        if version != self.version:  # another encoder, or new weights: the stored rows are stale
+            self.store.clear()
+            self.version = version
         key = str(torch.device(device) if device is not None else self.pipe.device)
         new = list(dict.fromkeys(t for t in texts if (t, key) not in self.store))  # unique, in order
         self.hits += len(texts) - len(new)

@@ -64,3 +64,45 @@ def test_trl_run_settings_refuses_a_run_that_never_saves_or_truncates(field, val
     with pytest.raises(ValueError, match=rf"TRL setting {field} .* must be an int >= 1, got {value!r}"):
         trl_run_settings({field: value})
     assert trl_run_settings({"num_epochs": np.int64(3), "save_freq": 2}) == {"epochs": 3, "checkpoint_every": 2, "checkpoint_dir": None}
+
+
+# ---- Keep with the trained UNet as its own reference ----------------------------------------
+def test_keep_with_the_trained_unet_as_reference_is_refused():
+    from pxpo_lite import keep
+    from pxpo_lite.update import Keep, policy_gradient_step
+
+    pipe = _pipe()
+    traj = pxpo_lite.sample(pipe, PROMPTS, num_steps=3, generator=torch.Generator().manual_seed(0), progress=False)
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.SGD(params, lr=1.0)
+    pairs = [(torch.arange(2), 0)]
+    with pytest.raises(ValueError, match=r"Keep.reference_unet shares \d+ weight tensor\(s\) with the trained pipe.unet.*frozen_copy"):
+        policy_gradient_step(pipe, traj, torch.tensor([1.0, -1.0]), pairs, opt, params, method="ddpo",
+                             keep=Keep(1.0, None, pipe.unet))
+    assert all(torch.equal(a, b) for a, b in zip(before, params))
+    # a frozen copy is the reference it should be: the step runs
+    res = policy_gradient_step(pipe, traj, torch.tensor([1.0, -1.0]), pairs, opt, params, method="ddpo",
+                               keep=Keep(1.0, None, keep.frozen_copy(pipe.unet)))
+    assert np.isfinite(res.grad_norm)
+
+
+# ---- prompt_cache after the text encoder changes ----------------------------------------------
+def test_prompt_cache_follows_a_swapped_or_changed_text_encoder():
+    from pxpo_lite.models import build_text_encoder
+    from pxpo_lite.speed import enable_prompt_cache
+
+    pipe = _pipe()
+    cache = enable_prompt_cache(pipe)
+    own = lambda: type(pipe).encode_prompt(pipe, PROMPTS, "cpu", 1, False)[0]  # noqa: E731 - no cache
+    first, _ = pipe.encode_prompt(PROMPTS, "cpu", 1, False)
+    torch.manual_seed(5)
+    pipe.text_encoder = build_text_encoder(pipe.tokenizer)  # swapped
+    swapped, _ = pipe.encode_prompt(PROMPTS, "cpu", 1, False)
+    assert not torch.allclose(first, swapped) and torch.equal(swapped, own())
+    with torch.no_grad():  # the same encoder, new weights (as an optimiser step or load_state_dict)
+        next(pipe.text_encoder.parameters()).add_(0.5)
+    changed, _ = pipe.encode_prompt(PROMPTS, "cpu", 1, False)
+    assert not torch.allclose(changed, swapped) and torch.equal(changed, own())
+    again, _ = pipe.encode_prompt(PROMPTS, "cpu", 1, False)
+    assert torch.equal(again, changed) and cache.hits == 2  # unchanged encoder: served from the cache
