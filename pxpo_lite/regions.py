@@ -62,12 +62,21 @@ def _segmenter(device, segmenter=None) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def part_labels(images: torch.Tensor, segmenter=None) -> torch.Tensor:
-    """(B,H,W) int64 part ids (``world.PART_ID``) of images (B,3,H,W), by the segmenter's argmax."""
+def part_labels(images: torch.Tensor, segmenter=None, region_hint: str = "") -> torch.Tensor:
+    """(B,H,W) int64 part ids (``world.PART_ID``) of images (B,3,H,W), by the segmenter's argmax.
+
+    Raises ValueError unless the segmenter gives one logit per part of ``world.PARTS``: with fewer
+    classes a part would never be found (an all-zero region, a silent zero reward)."""
     images = check_images(images)
     seg = _segmenter(images.device, segmenter)
     dev = next(seg.parameters()).device
-    return seg(images.to(dev).float()).argmax(dim=1).to(images.device)
+    logits = seg(images.to(dev).float())
+    if logits.ndim != 4 or logits.shape[1] != len(PARTS):
+        raise ValueError(
+            f"the segmenter gives {logits.shape[1] if logits.ndim == 4 else '?'} classes (logits of shape "
+            f"{tuple(logits.shape)}), but part ids are the world's {len(PARTS)} parts {dict(PART_ID)}; "
+            f"{region_hint}pass a segmenter trained on world.PARTS (models.load_segmenter()) or a mask instead")
+    return logits.argmax(dim=1).to(images.device)
 
 
 def _part_ids(region) -> list[int]:
@@ -88,7 +97,7 @@ def region_mask(region, images: torch.Tensor, segmenter=None) -> torch.Tensor:
     images = check_images(images)
     B, _, H, W = images.shape
     if isinstance(region, str) or (isinstance(region, (list, tuple)) and region and all(isinstance(r, str) for r in region)):
-        labels = part_labels(images, segmenter)
+        labels = part_labels(images, segmenter, f"region {region!r} is part id(s) {_part_ids(region)}: ")
         ids = torch.tensor(_part_ids(region), device=labels.device)
         return torch.isin(labels, ids).float()
     if callable(region):

@@ -106,3 +106,18 @@ def test_prompt_cache_follows_a_swapped_or_changed_text_encoder():
     assert not torch.allclose(changed, swapped) and torch.equal(changed, own())
     again, _ = pipe.encode_prompt(PROMPTS, "cpu", 1, False)
     assert torch.equal(again, changed) and cache.hits == 2  # unchanged encoder: served from the cache
+
+
+# ---- regions with a segmenter of other classes ------------------------------------------------
+@pytest.mark.parametrize("classes", [4, 7])
+def test_restrict_with_a_segmenter_of_other_classes_names_the_part(classes):
+    from pxpo_lite import regions, rewards
+    from pxpo_lite.models import Segmenter
+
+    seg = Segmenter(width=8, dilations=(1,), num_classes=classes).eval()
+    fn = regions.restrict(rewards.colour_reward_map, "shirt", segmenter=seg)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=rf"segmenter gives {classes} classes.*6 parts.*'shirt': 5.*region 'shirt' is part id\(s\) \[5\]"):
+        fn(images)
+    with pytest.raises(ValueError, match=rf"segmenter gives {classes} classes"):
+        regions.per_part_average(rewards.colour_reward_map, segmenter=seg)(images)
