@@ -360,6 +360,8 @@ class FeedbackSession:
             ]
             prompt, seed = m["prompt"], m["seed"]
         except (KeyError, TypeError, IndexError, AttributeError) as e:
+            if isinstance(seed, bool) or not isinstance(seed, int) or not isinstance(prompt, str):
+                raise TypeError(f"'seed' must be an int and 'prompt' a str, got seed={seed!r}, prompt={prompt!r}")
             raise SessionError(f"{str(store.manifest_path)!r} is incomplete or malformed ({type(e).__name__}: {e}); "
                                "the session cannot be read") from e
         restore = {"rounds": rounds, "initial_image": saved.initial["image"], "adapter": saved.adapter, "store": store}
@@ -370,7 +372,8 @@ class FeedbackSession:
             if np.abs(got - want).max() > 1e-3:
                 raise SessionError(
                     f"the reloaded model regenerates a different image than the one saved (max |Δ| = "
-                    f"{np.abs(got - want).max():.3g}): the base model or library version differs from the session's"
+                    f"{np.abs(got - want).max():.3g}): the base model or library version differs from the session's, or "
+                    f"{str(store.manifest_path)!r} was edited (its prompt, seed or config.num_steps)"
                 )
         return s
 

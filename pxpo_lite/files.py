@@ -113,6 +113,12 @@ def atomic_write_json(path, obj, indent: int | None = 1) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
+def json_hashes(fields: dict) -> dict[str, str]:
+    """SHA-256 (16 hex digits) of each field's canonical JSON, so an edited field can be named."""
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+            for k, v in fields.items()}
+
+
 def sha256_file(path) -> str:
     """SHA-256 hex digest of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()

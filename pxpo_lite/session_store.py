@@ -55,14 +55,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .files import atomic_write, atomic_write_json, fsync_dir, load_npy, path_inside, save_npy, sha256_file
+from .files import atomic_write, atomic_write_json, fsync_dir, json_hashes, load_npy, path_inside, save_npy, sha256_file
 
 MANIFEST = "session.json"
 FORMAT = "pxpo-lite feedback session"
 FORMAT_VERSION = 2  # 2: a SHA-256 and shape per file; 1 (still read): file names only
 ADAPTER = "adapter.safetensors"
 PNGS = ("image", "heatmap")  # arrays also saved as a picture
-_RESERVED = ("format", "version", "image_shape", "initial", "rounds")
+_RESERVED = ("format", "version", "image_shape", "initial", "rounds", "meta_sha256")
 _MANIFEST_TMP = re.compile(r"\.session\.json\.[a-z0-9_]{8}\.tmp")  # atomic_write's temp name for the manifest
 
 
@@ -141,7 +141,8 @@ class SessionStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._remove_manifest_temps()
         self.pending = []
-        m = {"format": FORMAT, "version": FORMAT_VERSION, **meta, "image_shape": list(image.shape), "rounds": []}
+        m = {"format": FORMAT, "version": FORMAT_VERSION, **meta, "image_shape": list(image.shape), "rounds": [],
+             "meta_sha256": json_hashes(meta)}
         self.manifest = m  # for the shape checks of _write_round
         try:
             m["initial"] = self._write_round(0, arrays, adapter=None)
@@ -349,6 +350,7 @@ class SessionStore:
                             f"{MANIFEST}; truncated or altered). Restore it"
                             + (f", or delete the last entry of 'rounds' in {MANIFEST} to continue from the round before"
                                if last else "") + ", or start a new session")
+        self._check_meta(m)
         shape = tuple(m["image_shape"])
         arrays = [self._load_arrays(e, shape) for e in entries]
         adapter = None
@@ -360,6 +362,17 @@ class SessionStore:
                   for e, a in zip(entries[1:], arrays[1:])]
         self.manifest = m
         return SavedSession(meta, arrays[0], rounds, adapter if rounds else None)
+
+    def _check_meta(self, m: dict) -> None:
+        """Metadata (prompt, seed, config...) as start() recorded it (a manifest without hashes: unchecked)."""
+        recorded, meta = m.get("meta_sha256"), {k: v for k, v in m.items() if k not in _RESERVED}
+        now, recorded = (json_hashes(meta), recorded if isinstance(recorded, dict) else {}) if recorded is not None else ({}, {})
+        edited = sorted(k for k in set(now) | set(recorded) if now.get(k) != recorded.get(k))
+        if edited:
+            raise SessionError(
+                f"{str(self.manifest_path)!r}: the recorded field(s) {edited} were edited after the session wrote them "
+                f"(their SHA-256 in 'meta_sha256' no longer matches; now {({k: meta.get(k) for k in edited})!r:.200}); the saved "
+                "images and adapters belong to the values the session was made with. Restore them, or start a new session")
 
     def _load_arrays(self, e: dict, shape: tuple) -> dict[str, np.ndarray]:
         recorded = e.get("arrays") or {n[:-4]: (list(shape[1:]) if n.startswith("heatmap") else list(shape))

@@ -121,3 +121,58 @@ def test_restrict_with_a_segmenter_of_other_classes_names_the_part(classes):
         fn(images)
     with pytest.raises(ValueError, match=rf"segmenter gives {classes} classes"):
         regions.per_part_average(rewards.colour_reward_map, segmenter=seg)(images)
+
+
+# ---- a feedback session continued from an edited manifest -------------------------------------
+def _edit(folder, **fields):
+    import json
+
+    m = json.loads((folder / "session.json").read_text())
+    for k, v in fields.items():
+        if k == "num_steps":
+            m["config"]["num_steps"] = v
+        else:
+            m[k] = v
+    (folder / "session.json").write_text(json.dumps(m))
+
+
+def test_session_store_names_an_edited_metadata_field(tmp_path):
+    from pxpo_lite.session_store import SessionError, SessionStore
+
+    st = SessionStore(tmp_path / "s")
+    st.start({"prompt": "p", "seed": 3, "config": {"num_steps": 4}}, {"image": np.full((3, 4, 4), 0.5, np.float32)})
+    assert SessionStore(tmp_path / "s").load().meta["prompt"] == "p"
+    for field, value, name in [("prompt", "q", "prompt"), ("num_steps", 8, "config"), ("seed", "3", "seed")]:
+        _edit(tmp_path / "s", **{field: value})
+        with pytest.raises(SessionError, match=rf"session.json.*the recorded field\(s\) \['{name}'\] were edited"):
+            SessionStore(tmp_path / "s").load()
+        _edit(tmp_path / "s", prompt="p", seed=3, num_steps=4)
+    SessionStore(tmp_path / "s").load()  # restored: loads again
+
+
+@pytest.mark.parametrize("field, value, name", [("prompt", world.all_prompts()[1], "prompt"), ("num_steps", 3, "config")])
+def test_feedback_session_with_check_image_false_refuses_an_edited_manifest(tmp_path, field, value, name):
+    from pxpo_lite.feedback import FeedbackSession, RefineConfig
+    from pxpo_lite.session_store import SessionError
+
+    pipe = _pipe()
+    FeedbackSession(pipe, PROMPTS[0], seed=3, folder=tmp_path / "s", config=RefineConfig(num_steps=2, lora_rank=2))
+    _edit(tmp_path / "s", **{field: value})
+    with pytest.raises(SessionError, match=rf"\['{name}'\] were edited"):
+        FeedbackSession.load(tmp_path / "s", pipe, check_image=False)
+
+
+def test_string_seed_in_a_manifest_without_hashes_names_the_file(tmp_path):
+    import json
+
+    from pxpo_lite.feedback import FeedbackSession, RefineConfig
+    from pxpo_lite.session_store import SessionError
+
+    pipe = _pipe()
+    FeedbackSession(pipe, PROMPTS[0], seed=3, folder=tmp_path / "s", config=RefineConfig(num_steps=2, lora_rank=2))
+    m = json.loads((tmp_path / "s" / "session.json").read_text())
+    del m["meta_sha256"]  # as written before the hashes were recorded
+    m["seed"] = "3"
+    (tmp_path / "s" / "session.json").write_text(json.dumps(m))
+    with pytest.raises(SessionError, match=r"session.json' is incomplete or malformed.*'seed' must be an int.*seed='3'"):
+        FeedbackSession.load(tmp_path / "s", pipe, check_image=False)
