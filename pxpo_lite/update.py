@@ -39,6 +39,7 @@ import torch
 from . import keep as keep_lib
 from .config_checks import check_positive_int
 from .ddim import trainable_step_indices
+from .lora import unwrap
 from .losses import NonFiniteError, ddpo_loss, imageratio_loss, pxpo_loss
 from .sampling import step_log_probs
 
@@ -226,6 +227,20 @@ def group_pairs(pairs: Sequence[tuple[torch.Tensor, int]], timestep_batch: int) 
     return groups
 
 
+def _check_reference(reference_unet, pipe, params) -> None:
+    """Refuse a keep reference that shares weights with the trained model: μ_ref would move with μ_θ
+    and the keep term would stay exactly 0 without a word (e.g. ``Keep(beta, None, pipe.unet)``)."""
+    if reference_unet is None:
+        return
+    ptrs = lambda ps: {p.data_ptr() for p in ps if p.numel()}  # noqa: E731
+    shared = ptrs(unwrap(reference_unet).parameters()) & (ptrs(params) | ptrs(unwrap(pipe.unet).parameters()))
+    if shared:
+        raise ValueError(
+            f"Keep.reference_unet shares {len(shared)} weight tensor(s) with the trained pipe.unet, so the reference "
+            "moves with the policy and the keep term is always 0; pass reference_unet=keep.frozen_copy(pipe.unet) "
+            "made before training (full UNet), or None with LoRA (the adapters switched off give the reference)")
+
+
 # --------------------------------------------------------------------------------------------
 # One optimiser step
 # --------------------------------------------------------------------------------------------
@@ -275,6 +290,8 @@ def policy_gradient_step(
     use_keep = keep is not None and keep.active
     if use_keep and keep.weights is not None and keep.weights.shape[0] not in (1, len(traj)):
         raise ValueError(f"Keep.weights has {keep.weights.shape[0]} maps but the trajectory has {len(traj)} samples; give one per sample or one for all")
+    if use_keep:
+        _check_reference(keep.reference_unet, pipe, params)
     if not pairs:
         raise ValueError("pairs is empty: an optimiser step needs at least one (sample indices, timestep index) pair")
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
