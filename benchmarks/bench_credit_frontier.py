@@ -5,6 +5,12 @@ Full run (both tasks; every run is cached in ``--cache`` as it ends, so a rerun 
 
     python benchmarks/bench_credit_frontier.py --tasks colour hair --budget colour=160 hair=320 --jobs 2
 
+Tasks run with different grids or budgets are merged into one result (summaries side by side, each
+task's own command and settings kept under ``config.tasks``)::
+
+    python benchmarks/bench_credit_frontier.py --merge benchmarks/results/credit_frontier_colour.json \
+        benchmarks/results/credit_frontier_hair.json --out benchmarks/results/credit_frontier.json
+
 Reduced run (colour, small grids, one selection seed, two evaluation seeds; ≤ 10 min on 2 cores)::
 
     python benchmarks/bench_credit_frontier.py --reduced
@@ -52,6 +58,7 @@ def parse_args(argv=None):
                     help="'random-tiny': a tiny random model built in code (for the tests only)")
     ap.add_argument("--reduced", action="store_true", help=f"the reduced run: {REDUCED}")
     ap.add_argument("--cache", type=Path, default=None, help="JSON-lines run cache (default: OUT with .runs.jsonl)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, help="merge these results (one task each) into --out")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/credit_frontier[_reduced].json)")
     args = ap.parse_args(argv)
     defaults = dict(tasks=["colour", "hair"], budget=["colour=160", "hair=320"], selection_seeds=[0, 1],
@@ -94,9 +101,47 @@ def parse_grids(entries) -> dict:
     return grids
 
 
+def merge(paths, out: Path, argv) -> dict:
+    """One result from several (disjoint tasks): summaries, befores, runs side by side; each part's
+    config kept under ``config.tasks[task]``; goals, table and figure made anew."""
+    from pxpo_lite import experiments as E
+
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    res: dict = {"summary": {}, "before": {}, "runs": {}, "config": {"tasks": {}}, "timing": {"runs": 0, "run_cpu_s": 0.0}}
+    for part in parts:
+        clash = set(part["summary"]) & set(res["summary"])
+        if clash:
+            raise SystemExit(f"--merge: task(s) {sorted(clash)} appear in two results; merge results of disjoint tasks")
+        for k in ("summary", "before", "runs"):
+            res[k].update(part.get(k, {}))
+        for t in part["summary"]:
+            res["config"]["tasks"][t] = part["config"]
+        res["timing"]["runs"] += part["timing"]["runs"]
+        res["timing"]["run_cpu_s"] = round(res["timing"]["run_cpu_s"] + part["timing"]["run_cpu_s"], 1)
+    first = parts[0]["config"]
+    shared = ("selection_seeds", "eval_seeds", "fidelity_end", "fidelity_min", "min_effect", "paper_effect", "methods")
+    for k in shared:
+        if any(p["config"][k] != first[k] for p in parts):
+            raise SystemExit(f"--merge: the results differ in {k}; they are not one benchmark")
+    res["config"].update({k: first[k] for k in shared})
+    res["config"]["budget"] = {t: c["budget"][t] for t, c in res["config"]["tasks"].items()}
+    res["config"]["command"] = "python benchmarks/bench_credit_frontier.py " + " ".join(argv)
+    res["config"]["commands"] = {t: c["command"] for t, c in res["config"]["tasks"].items()}
+    res["timing"]["run_cpu_hours"] = round(res["timing"]["run_cpu_s"] / 3600, 2)
+    res["goals"] = E.frontier_goals(res)
+    out.write_text(json.dumps(res, indent=1))
+    E.plot_frontier(res).savefig(out.with_suffix(".png"), dpi=90)
+    print(E.frontier_table(res))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return res
+
+
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.merge:
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        return merge(args.merge, args.out, argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
     torch.set_num_threads(1)
     import pxpo_lite

@@ -234,6 +234,18 @@ def test_reduced_benchmark_on_a_tiny_budget(tmp_path):
     assert again["timing"]["cached_runs_at_start"] == n_runs
     with pytest.raises(SystemExit, match="overlap"):
         bench.parse_args(["--selection-seeds", "0", "1", "--eval-seeds", "1", "2"])
+    # two one-task results merge into one (a copy renamed to another task stands in for the second)
+    other = json.loads(out.read_text())
+    for k in ("summary", "before", "runs"):
+        other[k] = {"hair": other[k]["colour"]} if "colour" in other[k] else {}
+    other["config"]["budget"] = {"hair": 16}
+    (tmp_path / "hair.json").write_text(json.dumps(other))
+    merged = bench.main(["--merge", str(out), str(tmp_path / "hair.json"), "--out", str(tmp_path / "both.json")])
+    check_schema(merged)
+    assert set(merged["summary"]) == {"colour", "hair"} and set(merged["goals"]) == {"colour", "hair"}
+    assert merged["config"]["budget"] == {"colour": 16, "hair": 16} and merged["timing"]["runs"] == 2 * n_runs
+    with pytest.raises(SystemExit, match="two results"):
+        bench.main(["--merge", str(out), str(out), "--out", str(tmp_path / "x.json")])
 
 
 @pytest.mark.parametrize("name", ["credit_frontier.json"])
