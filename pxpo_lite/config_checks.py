@@ -1,6 +1,8 @@
 """Checks of configuration fields shared by :class:`~pxpo_lite.trainer.TrainConfig` and
 :class:`~pxpo_lite.feedback.RefineConfig`: each error names the field, what was given and the
-allowed range. A bool is not a number here (``clip_range=True`` is an error, not 1.0).
+allowed range. A bool is not a number here (``clip_range=True`` is an error, not 1.0); a NumPy
+scalar or a 0-d tensor is (``np.float32(0.2)``, ``torch.tensor(1e-3)``), and the checks return it
+as a Python float/int, so it is validated and converted up front, not refused after an epoch.
 
 Introduced with the trainer in ``notebooks/02_ddpo.ipynb``.
 """
@@ -9,31 +11,65 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+import torch
+
+
+def as_real(value) -> float | None:
+    """``value`` as a Python float if it is a real number — int/float, NumPy scalar, 0-d array or 0-d
+    tensor (not a bool, not on the meta device) — else None."""
+    if isinstance(value, torch.Tensor):
+        ok = value.ndim == 0 and value.dtype != torch.bool and not value.is_complex() and value.device.type != "meta"
+        return float(value) if ok else None
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0:
+            return None
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def as_int(value) -> int | None:
+    """``value`` as a Python int if it is an integer (int, NumPy integer, 0-d integer tensor/array; not a bool), else None."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        if value.ndim != 0 or value.dtype in (torch.bool, np.bool_) or (value.is_floating_point() if isinstance(value, torch.Tensor)
+                                                                          else not np.issubdtype(value.dtype, np.integer)):
+            return None
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
 
 def check_number(name: str, value, *, above: float | None = None, at_least: float | None = None,
-                 at_most: float | None = None, below: float | None = None, optional: bool = False) -> None:
-    """Raise ValueError unless ``value`` is a finite real number (not a bool) in the given range
-    (``above``/``below`` exclusive, ``at_least``/``at_most`` inclusive); None passes if ``optional``."""
+                 at_most: float | None = None, below: float | None = None, optional: bool = False) -> float | None:
+    """``value`` as a float; raise ValueError unless it is a finite real number (:func:`as_real`) in the
+    given range (``above``/``below`` exclusive, ``at_least``/``at_most`` inclusive); None passes if ``optional``."""
     if value is None and optional:
-        return
+        return None
     bounds = [f"> {above}" if above is not None else "", f">= {at_least}" if at_least is not None else "",
               f"<= {at_most}" if at_most is not None else "", f"< {below}" if below is not None else ""]
     want = "a finite number" + (" " + " and ".join(b for b in bounds if b) if any(bounds) else "")
     if optional:
         want = f"None or {want}"
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
-    ok = ok and (at_most is None or value <= at_most) and (below is None or value < below)
+    x = as_real(value)
+    ok = x is not None and math.isfinite(x)
+    ok = ok and (above is None or x > above) and (at_least is None or x >= at_least)
+    ok = ok and (at_most is None or x <= at_most) and (below is None or x < below)
     if not ok:
         raise ValueError(f"{name} must be {want}, got {value!r}")
+    return x
 
 
-def check_positive_int(name: str, value, optional: bool = False) -> None:
-    """Raise ValueError unless ``value`` is an int >= 1 (not a bool), or None when ``optional``."""
+def check_positive_int(name: str, value, optional: bool = False) -> int | None:
+    """``value`` as an int; raise ValueError unless it is an integer >= 1 (:func:`as_int`), or None when ``optional``."""
     if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        return None
+    n = as_int(value)
+    if n is None or n < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return n
 
 
 def check_bool(name: str, value) -> None:

@@ -35,6 +35,8 @@ import operator
 
 import torch
 
+from .config_checks import as_real
+
 #: The σ used in the log-density of a **deterministic** step (σ_t = 0 exactly), and only there.
 #: With ``set_alpha_to_one=True`` (the tiny model, and "trailing" schedules generally) the last
 #: step goes to ᾱ_{t−1} = 1, where σ_t = 0: x_{t−1} = μ_t is not an action, and the Gaussian
@@ -71,8 +73,7 @@ def check_scheduler(scheduler) -> None:
 
 def check_eta(eta) -> float:
     """η as a float; raise ValueError unless it is a number in (0, 1] (module docstring)."""
-    if isinstance(eta, torch.Tensor):
-        eta = float(eta)
+    eta = eta if as_real(eta) is None else as_real(eta)  # np.float32(1.0) and a 0-d tensor are numbers
     if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not math.isfinite(eta) or eta <= 0:
         raise ValueError(
             f"eta must be a number in (0, 1], got {eta!r}. With eta = 0 the DDIM step is "
@@ -233,9 +234,7 @@ def ddim_step(scheduler, model_output: torch.Tensor, timestep, sample: torch.Ten
     ``__call__``; RL sampling with log-probs is :func:`ddim_step_logprob`.
     """
     check_scheduler(scheduler)
-    if isinstance(eta, torch.Tensor) and eta.numel() == 1:
-        eta = float(eta)
-    if isinstance(eta, (int, float)) and not isinstance(eta, bool) and eta == 0:
+    if as_real(eta) == 0:
         eta = 0.0
     else:
         eta = check_eta(eta)

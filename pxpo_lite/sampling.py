@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from .config_checks import as_real
 from .ddim import check_eta, check_scheduler, ddim_step_logprob
 from .trajectory import Trajectory
 
@@ -52,6 +53,7 @@ def resolve_guidance_scale(pipe, guidance_scale: float | None) -> float:
             guidance_scale = float(default)
         else:
             guidance_scale = SD_DEFAULT_GUIDANCE if _is_latent_pipeline(pipe) else 1.0
+    guidance_scale = guidance_scale if as_real(guidance_scale) is None else as_real(guidance_scale)
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
         raise ValueError(f"guidance_scale must be a finite number >= 0 (1.0 = no guidance), got {guidance_scale!r}")
     if not (math.isfinite(guidance_scale) and guidance_scale >= 0):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .config_checks import check_bool, check_number, check_positive_int
+from .config_checks import as_int, as_real, check_bool, check_number, check_positive_int
 
 __all__ = ["REMOVED_FIELDS", "TrainConfig", "check_config"]
 
@@ -93,28 +93,29 @@ def check_config(config: TrainConfig, num_processes: int = 1) -> None:
                          "method ('pxpo'), not 'ddpo'")
     if c.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {c.mixed_precision!r}")
+    # numbers are checked and stored back as Python int/float: np.float32(0.2) or a 0-d tensor is a number
     for name in ("num_steps", "samples_per_epoch", "sample_batch_size", "train_batch_size", "grad_accum_steps",
                  "inner_epochs", "stat_buffer_size", "stat_min_count", "lora_rank"):
-        check_positive_int(name, getattr(c, name))
-    if isinstance(c.seed, bool) or not isinstance(c.seed, int) or c.seed < 0:
+        setattr(c, name, check_positive_int(name, getattr(c, name)))
+    seed = as_int(c.seed)
+    if seed is None or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {c.seed!r}")
-    check_number("clip_range", c.clip_range, above=0, optional=True)  # None: score-function loss
-    if c.eta is None or isinstance(c.eta, bool) or not isinstance(c.eta, (int, float)) or not 0 < c.eta <= 1:
+    c.seed = seed
+    c.clip_range = check_number("clip_range", c.clip_range, above=0, optional=True)  # None: score-function loss
+    eta = as_real(c.eta)
+    if eta is None or not 0 < eta <= 1:
         raise ValueError(f"eta must be a number in (0, 1] (η = 0 makes the step deterministic: no log-prob), got {c.eta!r}")
-    check_number("guidance_scale", c.guidance_scale, at_least=0, optional=True)
-    check_positive_int("timestep_batch", c.timestep_batch, optional=True)
-    check_number("timestep_fraction", c.timestep_fraction, above=0, at_most=1)
-    check_number("learning_rate", c.learning_rate, above=0, optional=True)
-    check_number("max_grad_norm", c.max_grad_norm, above=0, optional=True)
-    check_number("adv_clip_max", c.adv_clip_max, above=0, optional=True)
-    check_number("keep_beta", c.keep_beta, at_least=0)
-    check_number("adam_weight_decay", c.adam_weight_decay, at_least=0)
-    check_number("adam_eps", c.adam_eps, above=0)
-    check_number("lora_alpha", c.lora_alpha, above=0, optional=True)
+    c.eta = eta
+    c.timestep_batch = check_positive_int("timestep_batch", c.timestep_batch, optional=True)
+    for name, bounds in (("guidance_scale", dict(at_least=0, optional=True)), ("timestep_fraction", dict(above=0, at_most=1)),
+                         ("learning_rate", dict(above=0, optional=True)), ("max_grad_norm", dict(above=0, optional=True)),
+                         ("adv_clip_max", dict(above=0, optional=True)), ("keep_beta", dict(at_least=0)),
+                         ("adam_weight_decay", dict(at_least=0)), ("adam_eps", dict(above=0)),
+                         ("lora_alpha", dict(above=0, optional=True))):
+        setattr(c, name, check_number(name, getattr(c, name), **bounds))
     if not isinstance(c.adam_betas, (tuple, list)) or len(c.adam_betas) != 2:
         raise ValueError(f"adam_betas must be two numbers in [0, 1), got {c.adam_betas!r}")
-    for k, b in enumerate(c.adam_betas):
-        check_number(f"adam_betas[{k}]", b, at_least=0, below=1)
+    c.adam_betas = tuple(check_number(f"adam_betas[{k}]", b, at_least=0, below=1) for k, b in enumerate(c.adam_betas))
     if c.samples_per_epoch % num_processes:
         raise ValueError(
             f"samples_per_epoch={c.samples_per_epoch} is not divisible by the number of processes {num_processes}; "
