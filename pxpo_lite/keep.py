@@ -87,7 +87,7 @@ def gaussian_kl(mu: torch.Tensor, mu_ref: torch.Tensor, sigma) -> torch.Tensor:
     return (mu.float() - mu_ref.float()) ** 2 / (2 * s**2)
 
 
-def _heatmap_tensor(heatmap, name: str = "heatmap") -> torch.Tensor:
+def _heatmap_tensor(heatmap, name: str = "heatmap", low: float = -1.0) -> torch.Tensor:
     if isinstance(heatmap, np.ndarray):
         heatmap = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))
     if not isinstance(heatmap, torch.Tensor):
@@ -97,11 +97,13 @@ def _heatmap_tensor(heatmap, name: str = "heatmap") -> torch.Tensor:
         h = h[None]
     if h.ndim != 3:
         raise ValueError(f"{name} must be (H,W) or (B,H,W) at image resolution, got shape {tuple(heatmap.shape)}")
+    span = "[-1, 1] (−1 dislike … +1 like)" if low < 0 else "[0, 1] (1 = inside the region, 0 outside)"
     if not torch.isfinite(h).all():
-        raise ValueError(f"{name} contains NaN/inf; expected finite values in [-1, 1]")
-    if h.numel() and (h.min() < -1 - 1e-4 or h.max() > 1 + 1e-4):
-        raise ValueError(f"{name} values must lie in [-1, 1] (−1 dislike … +1 like), got [{float(h.min()):.3g}, {float(h.max()):.3g}]")
-    return h.clamp(-1, 1)
+        raise ValueError(f"{name} contains NaN/inf; expected finite values in {span}")
+    if h.numel() and (h.min() < low - 1e-4 or h.max() > 1 + 1e-4):
+        hint = "; it looks like a 0/255 image: divide it by 255" if h.min() >= 0 and 1 < h.max() <= 255 else ""
+        raise ValueError(f"{name} values must lie in {span}, got [{float(h.min()):.3g}, {float(h.max()):.3g}]{hint}")
+    return h.clamp(low, 1)
 
 
 def _check_outside(outside) -> float:
@@ -137,9 +139,7 @@ def keep_weights_from_mask(mask, sample_size, outside: float = 1.0) -> torch.Ten
     ``mask``: (H,W) or (B,H,W) in [0, 1], 1 = the region the reward is about (e.g.
     ``regions.region_mask("shirt", images)``); area-averaged to ``sample_size``.
     """
-    m = _heatmap_tensor(mask, "mask")
-    if m.numel() and m.min() < 0:
-        raise ValueError(f"mask values must lie in [0, 1] (1 = inside the region), got min {float(m.min()):.3g}")
+    m = _heatmap_tensor(mask, "mask", low=0.0)
     return to_sample_grid(_check_outside(outside) * (1 - m), sample_size)
 
 
