@@ -265,7 +265,7 @@ def test_committed_frontier_result(name):
 
 def _row(lr, beta, mean, lo, hi, n=64, reach=None):
     b = {"threshold": 0.9, "lr": lr, "beta": beta, "n_samples": n, "fidelity_end": 0.95, "fidelity_min": 0.9,
-         "effect_std": {"mean": mean, "lo": lo, "hi": hi}}
+         "effect_std": {"mean": mean, "lo": lo, "hi": hi}, "meets_on_eval_seeds": True}
     return {"seeds": 5, "lr_grid": [lr], "beta_grid": [] if beta is None else [beta], "frontier": [], "pareto": [],
             "best_at_fidelity": b, "samples_to_paper_effect": {"point": reach, "lo": reach, "hi": reach}}
 
@@ -280,6 +280,10 @@ def test_goals_and_the_notebooks_setting_from_a_result():
     assert g["best_pixel_method"] == "pixel"
     assert g["beats_image"]["met"] and not g["beats_uninformed"]["met"]  # intervals 1.2–1.6 and 1.0–1.5 overlap
     assert g["effect"]["met"] and g["samples"]["met"]  # 32 <= 0.25 * 128
+    res["summary"]["colour"]["pixel"]["best_at_fidelity"]["meets_on_eval_seeds"] = False
+    g2 = E.frontier_goals(res)["colour"]  # kept the prompt only on the selection seeds: no goal about its effect is met
+    assert not g2["beats_image"]["met"] and not g2["effect"]["met"]
+    res["summary"]["colour"]["pixel"]["best_at_fidelity"]["meets_on_eval_seeds"] = True
     s = E.frontier_setting("colour", res)
     assert (s["method"], s["lr"], s["beta"], s["n_samples"]) == ("pixel", 1e-5, None, 64)
     with pytest.raises(ValueError, match="not in this frontier result"):

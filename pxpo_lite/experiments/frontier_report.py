@@ -76,24 +76,26 @@ def _f(v) -> str:
 def frontier_table(result: dict) -> str:
     """Markdown, one table per task: per method the chosen setting (lr, β, samples), its effect on the
     evaluation seeds with a 95 % interval, fidelity at the end and lowest on the way, the samples to
-    the paper's effect; then the goals (``frontier.frontier_goals``) where the result has them."""
+    the paper's effect, and whether the fidelity condition held on the evaluation seeds too ("fidelity
+held"); then the goals (:func:`frontier_goals`) where the result has them."""
     lines = []
     for task, by_method in result["summary"].items():
         lines += [f"\n**{task}** (chosen on seeds {result.get('config', {}).get('selection_seeds')}, reported on "
                   f"{result.get('config', {}).get('eval_seeds')})", "",
-                  "| method | lr | β | samples | effect (std), 95 % CI | fidelity end | fidelity lowest | samples to the paper's effect |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| method | lr | β | samples | effect (std), 95 % CI | fidelity end | fidelity lowest | fidelity held | samples to the paper's effect |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for m, r in by_method.items():
             b = r.get("best_at_fidelity")
             st = r.get("samples_to_paper_effect") or {}
             reach = "–" if not st else ("not reached" if st.get("point") is None else
                                         f"{st['point']} [{st.get('lo') or '–'}, {st.get('hi') or 'not reached'}]")
             if not b:
-                lines.append(f"| {_label(m)} | no setting kept fidelity ≥ 0.9 | | | | | | |")
+                lines.append(f"| {_label(m)} | no setting kept fidelity ≥ 0.9 | | | | | | | |")
                 continue
             beta = "–" if b["beta"] is None else f"{b['beta']:g}"
             lines.append(f"| {_label(m)} | {b['lr']:g} | {beta} | {b['n_samples']} | "
-                         f"{_ci(b.get('effect_std'))} | {_f(b.get('fidelity_end'))} | {_f(b.get('fidelity_min'))} | {reach} |")
+                         f"{_ci(b.get('effect_std'))} | {_f(b.get('fidelity_end'))} | {_f(b.get('fidelity_min'))} | "
+                         f"{'yes' if b.get('meets_on_eval_seeds') else 'no'} | {reach} |")
         g = (result.get("goals") or {}).get(task)
         if g:
             def word(x):
@@ -115,9 +117,9 @@ PIXEL_METHODS = ("pixel", "pixel+keep", "pixel-clipped", "pixel-clipped+keep", "
 GOAL_EFFECT = {"colour": 1.0, "hair": 2.0}
 
 
-def _best(summary_t: dict, names) -> tuple[str | None, dict | None]:
+def _best(summary_t: dict, names, held_only: bool = False) -> tuple[str | None, dict | None]:
     rows = [(m, r["best_at_fidelity"]) for m, r in summary_t.items() if m in names and r.get("best_at_fidelity")
-            and r["best_at_fidelity"].get("effect_std")]
+            and r["best_at_fidelity"].get("effect_std") and (r["best_at_fidelity"].get("meets_on_eval_seeds") or not held_only)]
     if not rows:
         return None, None
     return max(rows, key=lambda mr: mr[1]["effect_std"]["mean"])
@@ -126,21 +128,28 @@ def _best(summary_t: dict, names) -> tuple[str | None, dict | None]:
 def frontier_goals(result: dict) -> dict:
     """The goals, per task, read from a frontier result: the best per-pixel method beats per-image
     credit with disjoint 95 % intervals, its effect is ≥ :data:`GOAL_EFFECT`, it reaches the paper's
-    effect with ≤ 25 % of per-image credit's samples, and it beats the ``pixel-uninformed`` control."""
+    effect with ≤ 25 % of per-image credit's samples, and it beats the ``pixel-uninformed`` control.
+    A goal about the per-pixel method's effect counts as met only where its fidelity condition held
+    on the evaluation seeds as well (a setting that kept the prompt only on the seeds it was chosen
+    on is not a result); the other side is taken as measured, whether or not it held."""
     out = {}
     for t, s in result["summary"].items():
         m, b = _best(s, PIXEL_METHODS)
         img = (s.get("image") or {}).get("best_at_fidelity") or {}
         unf = (s.get("pixel-uninformed") or {}).get("best_at_fidelity") or {}
         g: dict = {"best_pixel_method": m}
+        held = bool(b and b.get("meets_on_eval_seeds"))  # the fidelity condition held on the evaluation seeds too
         if b and img.get("effect_std"):
-            g["beats_image"] = {"pixel": b["effect_std"], "image": img["effect_std"],
-                                "met": b["effect_std"]["lo"] > img["effect_std"]["hi"]}
+            g["beats_image"] = {"pixel": b["effect_std"], "image": img["effect_std"], "pixel_fidelity_held": held,
+                                "image_fidelity_held": bool(img.get("meets_on_eval_seeds")),
+                                "met": held and b["effect_std"]["lo"] > img["effect_std"]["hi"]}
         if b and unf.get("effect_std"):
             g["beats_uninformed"] = {"pixel": b["effect_std"], "uninformed": unf["effect_std"],
-                                     "met": b["effect_std"]["lo"] > unf["effect_std"]["hi"]}
+                                     "uninformed_fidelity_held": bool(unf.get("meets_on_eval_seeds")),
+                                     "met": held and b["effect_std"]["lo"] > unf["effect_std"]["hi"]}
         if b and t in GOAL_EFFECT:
-            g["effect"] = {"mean": b["effect_std"]["mean"], "goal": GOAL_EFFECT[t], "met": b["effect_std"]["mean"] >= GOAL_EFFECT[t]}
+            g["effect"] = {"mean": b["effect_std"]["mean"], "goal": GOAL_EFFECT[t], "fidelity_held": held,
+                           "met": held and b["effect_std"]["mean"] >= GOAL_EFFECT[t]}
         sp = (s.get(m) or {}).get("samples_to_paper_effect") if m else None
         si = (s.get("image") or {}).get("samples_to_paper_effect")
         if sp and si:
@@ -156,8 +165,8 @@ def frontier_goals(result: dict) -> dict:
 
 
 def frontier_setting(task: str, result: dict | None = None, methods: Sequence[str] = PIXEL_METHODS) -> dict:
-    """The best per-pixel setting of ``task`` that kept fidelity ≥ 0.9 (at the end, ≥ 0.85 all the way)
-    in a frontier result (default: the shipped ``credit_frontier``): ``{"method", "lr", "beta",
+    """The best per-pixel setting of ``task`` that kept fidelity ≥ 0.9 (at the end, ≥ 0.85 all the way;
+    preferring settings that kept it on the evaluation seeds too) in a frontier result (default: the shipped ``credit_frontier``): ``{"method", "lr", "beta",
     "n_samples", "effect_std", "fidelity_end", "fidelity_min", "source"}``. Notebooks 04 and 05 train
     with it by default, so a learner's first run is the one that keeps the prompt."""
     if result is None:
@@ -167,7 +176,9 @@ def frontier_setting(task: str, result: dict | None = None, methods: Sequence[st
     if task not in result["summary"]:
         raise ValueError(f"task {task!r} is not in this frontier result (it has {sorted(result['summary'])}); "
                          f"run python benchmarks/bench_credit_frontier.py --tasks {task}")
-    m, b = _best(result["summary"][task], methods)
+    m, b = _best(result["summary"][task], methods, held_only=True)  # kept the prompt on the evaluation seeds too
+    if b is None:
+        m, b = _best(result["summary"][task], methods)
     if b is None:
         raise ValueError(f"no per-pixel setting of {task!r} kept fidelity >= {FIDELITY_END} in this result; "
                          "choose a learning rate by hand (see notebook 07)")
