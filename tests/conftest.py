@@ -50,6 +50,9 @@ def run_notebook(name: str, parameters: dict | None = None, timeout: int = 600):
     from pxpo_lite.results import read_results
 
     params = {"SMOKE": True, **(parameters or {})}
+    if name.startswith("06_") and "SESSION_DIR" not in params:
+        # the feedback session is saved under test-artifacts/, not in the source tree (notebooks/runs/)
+        params["SESSION_DIR"] = str(ARTIFACTS / "sessions" / "06_feedback_session")
     key = (name, tuple(sorted(params.items())))
     if key in _CACHE:
         return _CACHE[key]

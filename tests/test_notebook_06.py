@@ -49,3 +49,12 @@ def check_06_keep(results: dict) -> None:
 def test_notebook_06_keep_term_section(executed_notebook):
     _, results, _ = executed_notebook(NB06, FEEDBACK_SOURCE="synthetic")  # the same cached run as above
     check_06_keep(results)
+
+
+def test_nb06_session_is_saved_outside_the_source_tree(executed_notebook):
+    """The smoke run's feedback session goes to test-artifacts/ (conftest passes SESSION_DIR), not notebooks/runs/."""
+    from conftest import ARTIFACTS
+
+    executed_notebook("06_human_feedback_canvas.ipynb")
+    saved = list((ARTIFACTS / "sessions").glob("06_feedback_session*/session.json"))
+    assert saved, "the notebook's session was not saved under test-artifacts/sessions/"
