@@ -138,3 +138,116 @@ def test_anatomy(path):
 def test_runs_in_smoke_mode(path, executed_notebook):
     out, results, seconds = executed_notebook(path.name)
     assert results, f"{path.name} recorded no results"
+
+
+# --------------------------------------------------------------------------------------------
+# The closing order: ## Summary -> ### Think! (questions, each followed by its `answer` cell)
+# -> ## Exercises -> ## Next (optional) -> the results cell, the notebook's last cell.
+# --------------------------------------------------------------------------------------------
+# Checked for every notebook, enforced for every notebook but these (their owners are moving them
+# to the order above; remove a name here once its notebook passes).
+CLOSING_ORDER_NOT_YET = {
+    "04_pxpo_colour_feedback.ipynb",
+    "05_pxpo_segmentation_feedback.ipynb",
+    "06_human_feedback_canvas.ipynb",
+    "07_ddpo_vs_pxpo.ipynb",
+}
+
+
+def _headings(cell):
+    """The markdown headings of a cell, in order (lines in ``` fences are not headings)."""
+    out, fenced = [], False
+    for line in _src(cell).splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            out.append(line.strip())
+    return out
+
+
+def closing_order_problems(cells) -> list[str]:
+    """What breaks the closing order; [] when the notebook follows it.
+
+    From the '## Summary' heading to the end of the notebook the headings are exactly
+    '## Summary', '### Think!', '## Exercises' (sub-headings '### …' allowed after it) and an
+    optional '## Next' last; each of these appears once in the notebook; at least one cell tagged
+    `answer` lies between Think! and Exercises and none after Exercises; the only code cell from the
+    Summary on is the last cell, the results cell ('# Results of this notebook …')."""
+    heads = [(i, h) for i, c in enumerate(cells) if c["cell_type"] == "markdown" for h in _headings(c)]
+    names = [h for _, h in heads]
+    problems = []
+    for h, allowed in (("## Summary", (1,)), ("### Think!", (1,)), ("## Exercises", (1,)), ("## Next", (0, 1))):
+        if names.count(h) not in allowed:
+            problems.append(f"'{h}' appears {names.count(h)} times (expected {' or '.join(map(str, allowed))})")
+    if problems:
+        return problems
+    k = names.index("## Summary")
+    closing = names[k:]
+    top = [h for h in closing if not h.startswith("### ") or h == "### Think!"]
+    want = ["## Summary", "### Think!", "## Exercises"] + (["## Next"] if "## Next" in names else [])
+    if top != want:
+        problems.append(f"from '## Summary' on, the headings are {top}; expected {want}")
+    think = names.index("### Think!")
+    if think > k and names.index("## Exercises") > think:
+        between = closing[1 : closing.index("### Think!")] + closing[closing.index("### Think!") + 1 : closing.index("## Exercises")]
+        if between:
+            problems.append(f"headings {between} between Summary, Think! and Exercises")
+    if "## Next" in names and names.index("## Next") != len(names) - 1:
+        problems.append(f"headings after '## Next': {names[names.index('## Next') + 1:]}")
+    first = heads[k][0]
+    cell_of = {h: i for i, h in heads}
+    is_answer = lambda c: "answer" in c.get("metadata", {}).get("tags", [])
+    answers = [i for i, c in enumerate(cells) if is_answer(c)]
+    if not any(cell_of["### Think!"] < i < cell_of["## Exercises"] for i in answers):
+        problems.append("no cell tagged 'answer' between '### Think!' and '## Exercises'")
+    late = [i for i in answers if i > cell_of["## Exercises"]]
+    if late:
+        problems.append(f"cells tagged 'answer' after '## Exercises': {late}")
+    code = [i for i in range(first, len(cells)) if cells[i]["cell_type"] == "code"]
+    if code != [len(cells) - 1] or not _src(cells[-1]).startswith("# Results of this notebook"):
+        problems.append(f"code cells from '## Summary' on: {code}; expected only the results cell, last")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_closing_order(path):
+    problems = closing_order_problems(_cells(path))
+    if path.name in CLOSING_ORDER_NOT_YET:
+        if problems:
+            pytest.xfail(f"{path.name} (not enforced yet): " + "; ".join(problems))
+        return
+    assert not problems, f"{path.name}: " + "; ".join(problems) + (
+        " — close every notebook with Summary -> Think! (answers) -> Exercises -> Next -> results cell")
+
+
+def _md(text, tags=()):
+    return {"cell_type": "markdown", "metadata": {"tags": list(tags)} if tags else {}, "source": text}
+
+
+def _code(text):
+    return {"cell_type": "code", "metadata": {}, "source": text, "outputs": [], "execution_count": None}
+
+
+def test_closing_order_check_accepts_the_order_and_names_each_break():
+    good = [_md("# NB\n## 1. Section"), _code("x = 1"), _md("## Summary\n- a\n\n### Think!\n1. Why?"),
+            _md("**Answer.** Because.", ["answer"]), _md("## Exercises\n1. Try.\n### Harder\n2. Try more."),
+            _md("## Next\nNotebook 02."), _code("# Results of this notebook (read back by the tests)\nrecord()")]
+    assert closing_order_problems(good) == []
+    assert closing_order_problems(good[:5] + good[6:]) == []                      # no Next: allowed
+    assert closing_order_problems(good[:1] + [_md("```\n## Summary\n```")] + good[1:]) == []  # a fenced line is no heading
+    swapped = good[:2] + good[4:6] + good[2:4] + good[6:]                          # Exercises/Next before Summary
+    assert any("expected ['## Summary', '### Think!', '## Exercises', '## Next']" in p for p in closing_order_problems(swapped))
+    section_after = good[:6] + [_md("## 7. One more section")] + good[6:]
+    assert any("from '## Summary' on" in p for p in closing_order_problems(section_after))
+    code_inside = good[:4] + [_code("print(1)")] + good[4:]
+    assert any("code cells from '## Summary' on" in p for p in closing_order_problems(code_inside))
+    no_answers = good[:3] + good[4:]
+    assert any("no cell tagged 'answer'" in p for p in closing_order_problems(no_answers))
+    answer_late = good[:5] + [_md("**Answer.**", ["answer"])] + good[5:]
+    assert any("after '## Exercises'" in p for p in closing_order_problems(answer_late))
+    next_first = good[:4] + [good[5], good[4]] + good[6:]
+    assert closing_order_problems(next_first)
+    results_not_last = good[:-1] + [good[-1], _md("more")]
+    assert any("code cells" in p for p in closing_order_problems(results_not_last))
+    no_summary = [c for c in good if "## Summary" not in c["source"]] + [_md("### Think!")]
+    assert any("'## Summary' appears 0 times" in p for p in closing_order_problems(no_summary))
