@@ -6,14 +6,15 @@ matches their intent. Each **round** here is
 
 1. the person paints a signed map h (H,W) in [−1, 1] on the current image
    (:class:`pxpo_lite.canvas.HeatmapCanvas`, or :func:`pxpo_lite.synthetic_feedback.synthetic_heatmap` headless);
-2. the map becomes per-pixel advantages, A[i,j] = advantage_scale · h[i,j] (area-averaged onto
-   the sample grid for latent models). One image has no baseline to subtract (a batch mean of
+2. the map becomes per-pixel advantages, A[i,j] = advantage_scale · h[i,j], × dislike_scale
+   where h < 0 (area-averaged onto the sample grid for latent models). One image has no baseline to subtract (a batch mean of
    one map is the map itself), and none is needed: 0 already means "fine as it is", so an
    unpainted pixel gets no push at all — the Kronecker credit of PXPO;
 3. PXPO updates LoRA adapters on that image's stored trajectory (docs/paper.md):
    ∇J = Σ_{i,j} A[i,j] Σ_t ∇ log p_θ(x_{t−1}^{ij} | x_t, c)   (``pxpo_lite.pxpo_loss``):
    liked pixels' sampled transitions become more likely (they stay), disliked ones less likely
-   (they change);
+   (they change); the keep term (``keep_beta``) holds everything else near the base model, with
+   a weight that is 0 in a disliked stroke and rises to 1 over ``keep_ramp`` pixels outside it;
 4. the image is regenerated with the same seed (same x_T and the same noise at every step), and
    the change |after − before| is measured inside and outside the painted area.
 
@@ -50,8 +51,8 @@ from .update import Keep, policy_gradient_step, resolve_timestep_batch, summaris
 #: RefineConfig's default β of the keep term, chosen by benchmarks/bench_localised_feedback.py
 KEEP_BETA = 10.0
 #: RefineConfig's default keep ramp (pixels) and disliked-advantage scale, chosen by the same benchmark
-KEEP_RAMP: float | None = None
-DISLIKE_SCALE = 1.0
+KEEP_RAMP: float | None = 4.0
+DISLIKE_SCALE = 3.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ class RefineConfig:
     num_steps: int = 20            # T, DDIM steps of the image's trajectory
     eta: float = 1.0               # DDIM η in (0, 1] (> 0: a stochastic policy with log-probs)
     guidance_scale: float | None = None  # None: the pipeline's default
-    learning_rate: float = 1e-3    # AdamW on the LoRA adapters (a fresh optimiser each round); 3e-3 drifts the whole image in 5 rounds
+    learning_rate: float = 2e-3    # AdamW on the LoRA adapters (a fresh optimiser each round); measured with the keep ramp below
     updates_per_round: int = 4     # optimiser steps on the one trajectory per round
     clip_range: float | None = None  # None: score-function PXPO (the paper); a float: element-wise PPO clip
     advantage_scale: float = 1.0   # A = advantage_scale · painted value
