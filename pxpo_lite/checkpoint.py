@@ -368,6 +368,10 @@ def _read(path: Path, state: dict, map_location) -> Checkpoint:
             loaded[name] = load_file(str(path / name), device=str(map_location))
         except Exception as e:
             raise CheckpointError(f"checkpoint {str(path)!r}: {name} is corrupt ({type(e).__name__}: {e}); {FIX}") from e
+    bad = [f"{n}: {k}" for n in FILES[:2] for k, v in loaded[n].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # else the NaN surfaces later, blamed on the sampler
+        raise CheckpointError(f"checkpoint {str(path)!r} holds NaN/inf values in {bad[:4]}: the run had diverged when it was "
+                              "saved, or the file was altered; resume from an earlier checkpoint or start again")
     opt_meta = state.pop("optimizer", None)
     try:
         optimizer = tensors_to_optimizer(loaded["optimizer.safetensors"], opt_meta) if opt_meta is not None else None

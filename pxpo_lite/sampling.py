@@ -84,7 +84,14 @@ def unet_dtype(pipe) -> torch.dtype:
 
 
 def pipeline_device(pipe) -> torch.device:
-    return next(pipe.unet.parameters()).device
+    """The UNet's device; ValueError for the meta device (weights never loaded), where torch's own errors name no cause."""
+    device = next(pipe.unet.parameters()).device
+    if device.type == "meta":
+        raise ValueError(
+            f"pipe.unet's weights are on the meta device: {type(pipe.unet).__name__} was built without loading its "
+            "weights (e.g. from_pretrained with low_cpu_mem_usage/device_map, or torch.device('meta')); load real weights "
+            "(pxpo_lite.load_tiny_pipeline(), or from_pretrained(...)) before sampling; .to('cpu') cannot give them values")
+    return device
 
 
 def initial_latents(pipe, batch_size: int, generator=None) -> torch.Tensor:

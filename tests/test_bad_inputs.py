@@ -294,6 +294,92 @@ BAD_INPUTS: list[BadInput] = [
 ]
 
 
+def _meta_pipe():
+    import copy
+
+    p = copy.copy(_pipe())
+    p.unet = copy.deepcopy(_pipe().unet).to("meta")
+    return p
+
+
+def _keep_self_reference():
+    from pxpo_lite.update import Keep, policy_gradient_step
+
+    pipe = _pipe()
+    params = [q for q in pipe.unet.parameters() if q.requires_grad]
+    return policy_gradient_step(pipe, _traj(), torch.zeros(2), [(torch.arange(2), 0)], torch.optim.SGD(params, lr=0.0), params,
+                                method="ddpo", keep=Keep(1.0, None, pipe.unet))
+
+
+def _in_tmp(fn):
+    """Run ``fn(folder)`` in a temporary folder that is removed afterwards (the case writes files)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return fn(Path(d))
+
+
+def _nan_checkpoint(d: Path):
+    from pxpo_lite.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(d / "ck", {"conv.weight": torch.tensor([float("nan")])}, {"epoch": 1})
+    return load_checkpoint(d / "ck")
+
+
+def _edited_session(d: Path):
+    import json
+
+    from pxpo_lite.session_store import SessionStore
+
+    SessionStore(d / "s").start({"prompt": "a portrait", "seed": 0}, {"image": np.full((3, 4, 4), 0.5, np.float32)})
+    m = json.loads((d / "s" / "session.json").read_text())
+    m["prompt"] = "a bald portrait"
+    (d / "s" / "session.json").write_text(json.dumps(m))
+    return SessionStore(d / "s").load()
+
+
+def _mask_0_255():
+    m = np.zeros((8, 8), np.float32)
+    m[:4] = 255
+    return __import__("pxpo_lite.keep", fromlist=["keep_weights_from_mask"]).keep_weights_from_mask(m, (4, 4))
+
+
+def _few_class_segmenter():
+    from pxpo_lite import regions
+    from pxpo_lite.models import Segmenter
+
+    seg = Segmenter(width=8, dilations=(1,), num_classes=4).eval()
+    return regions.restrict(rewards.colour_reward_map, "shirt", segmenter=seg)(_images(1, 8))
+
+
+# Issue 20: errors that were silent wrong results or unclear
+BAD_INPUTS += [
+    BadInput("ddim", "pipeline step with eta > 1", lambda: ddim.ddim_step(_scheduler(), _x(), _scheduler().timesteps[0], _x(), eta=1.5),
+             ValueError, r"eta must be a number in \(0, 1\], got 1\.5"),
+    BadInput("sampling", "a pipe whose UNet is on the meta device", lambda:
+             sampling.sample(_meta_pipe(), ["a portrait"], num_steps=2, progress=False), ValueError,
+             r"pipe.unet's weights are on the meta device.*load real weights"),
+    BadInput("trl_compat", "save_freq = 0 (a run that never saves)",
+             lambda: __import__("pxpo_lite.trl_compat", fromlist=["x"]).trl_run_settings({"save_freq": 0}), ValueError,
+             r"TRL setting save_freq \(epochs between checkpoints\) must be an int >= 1, got 0"),
+    BadInput("trl_compat", "num_epochs = 2.7", lambda: __import__("pxpo_lite.trl_compat", fromlist=["x"]).trl_run_settings({"num_epochs": 2.7}),
+             ValueError, r"TRL setting num_epochs \(epochs to train\) must be an int >= 1, got 2\.7"),
+    BadInput("update", "Keep with the trained UNet as its own reference", _keep_self_reference, ValueError,
+             r"Keep.reference_unet shares \d+ weight tensor\(s\) with the trained pipe.unet.*frozen_copy"),
+    BadInput("regions", "restrict with a segmenter of 4 classes", _few_class_segmenter, ValueError,
+             r"the segmenter gives 4 classes.*region 'shirt' is part id\(s\) \[5\]"),
+    BadInput("keep", "a 0/255 mask to keep_weights_from_mask", _mask_0_255, ValueError,
+             r"mask values must lie in \[0, 1\].*got \[0, 255\].*divide it by 255"),
+    BadInput("checkpoint", "a checkpoint with NaN weights", lambda: _in_tmp(_nan_checkpoint), __import__("pxpo_lite.checkpoint", fromlist=["x"]).CheckpointError,
+             r"holds NaN/inf values in \['model.safetensors: conv.weight'\]"),
+    BadInput("session_store", "a session.json whose prompt was edited", lambda: _in_tmp(_edited_session),
+             __import__("pxpo_lite.session_store", fromlist=["x"]).SessionError, r"the recorded field\(s\) \['prompt'\] were edited"),
+    BadInput("config_checks", "a meta-device tensor as a number",
+             lambda: __import__("pxpo_lite.config_checks", fromlist=["x"]).check_number("clip_range", torch.empty((), device="meta"), above=0),
+             ValueError, r"clip_range must be a finite number > 0, got tensor\(.*meta"),
+]
+
+
 def run_case(case: BadInput) -> BaseException:
     """Call ``case.call`` and return what it raised (AssertionError if nothing)."""
     try:

@@ -46,3 +46,13 @@ def test_keep_weights_from_a_0_255_mask_says_divide_by_255():
     assert torch.equal(keep_weights_from_mask(m / 255, (4, 4)), keep_weights_from_mask(torch.from_numpy(m / 255), (4, 4)))
     with pytest.raises(ValueError, match=r"heatmap values must lie in \[-1, 1\] \(−1 dislike"):
         keep_weights_from_heatmap(np.full((8, 8), 3.0, np.float32), (4, 4))
+
+
+def test_a_checkpoint_with_nan_weights_names_the_file_and_tensor(tmp_path):
+    from pxpo_lite.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "ck", {"unet.conv.weight": torch.tensor([1.0, float("nan")]), "b": torch.zeros(2)}, {"epoch": 1})
+    with pytest.raises(CheckpointError, match=r"ck' holds NaN/inf values in \['model.safetensors: unet.conv.weight'\].*earlier checkpoint"):
+        load_checkpoint(tmp_path / "ck")
+    save_checkpoint(tmp_path / "ok", {"b": torch.zeros(2)}, {"epoch": 1})
+    assert torch.equal(load_checkpoint(tmp_path / "ok").model["b"], torch.zeros(2))
