@@ -360,9 +360,9 @@ class FeedbackSession:
                 for r in saved.rounds
             ]
             prompt, seed = m["prompt"], m["seed"]
-        except (KeyError, TypeError, IndexError, AttributeError) as e:
             if isinstance(seed, bool) or not isinstance(seed, int) or not isinstance(prompt, str):
                 raise TypeError(f"'seed' must be an int and 'prompt' a str, got seed={seed!r}, prompt={prompt!r}")
+        except (KeyError, TypeError, IndexError, AttributeError) as e:
             raise SessionError(f"{str(store.manifest_path)!r} is incomplete or malformed ({type(e).__name__}: {e}); "
                                "the session cannot be read") from e
         restore = {"rounds": rounds, "initial_image": saved.initial["image"], "adapter": saved.adapter, "store": store}
