@@ -134,7 +134,9 @@ def frontier_goals(result: dict) -> dict:
     on is not a result); the other side is taken as measured, whether or not it held."""
     out = {}
     for t, s in result["summary"].items():
-        m, b = _best(s, PIXEL_METHODS)
+        m, b = _best(s, PIXEL_METHODS, held_only=True)  # the best per-pixel setting that kept the prompt on new seeds,
+        if b is None:                                   # else the best chosen one (its goals are then not met)
+            m, b = _best(s, PIXEL_METHODS)
         img = (s.get("image") or {}).get("best_at_fidelity") or {}
         unf = (s.get("pixel-uninformed") or {}).get("best_at_fidelity") or {}
         g: dict = {"best_pixel_method": m}
