@@ -8,11 +8,12 @@
 #   make sync     write every notebook's Colab badge, install line and kernelspec from pyproject/version
 #   make strip    sync, then strip outputs from the notebooks (nbstripout) before committing
 #   make student  write student/ from notebooks/ (scripts/make_student.py; plain python3, no venv, seconds)
+#   make slides   a slide deck, one figure per slide, from make run's docs/figures/ -> docs/figures/slides.html
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: setup setup-test setup-dev lab test run smoke pretrain evaluate bench sync strip student clean
+.PHONY: setup setup-test setup-dev lab test run smoke pretrain evaluate bench sync strip student slides clean
 
 setup:
 	EXTRAS=notebooks bash scripts/setup.sh
@@ -59,6 +60,10 @@ strip: setup-dev
 # Plain python3 and the standard library: no venv, no torch, no nbformat (a notebook is JSON).
 student:
 	python3 scripts/make_student.py
+
+# One slide per figure that `make run` exported to docs/figures/, titled by notebook and section.
+slides:
+	python3 scripts/make_slides.py
 
 clean:
 	rm -rf executed test-artifacts .pytest_cache
