@@ -26,14 +26,15 @@ tmp = Path(tempfile.mkdtemp()); root = tmp / "root"; root.mkdir()
 nb = nbf.v4.new_notebook()
 nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}  # the venv's own
 nb.cells = [nbf.v4.new_code_cell(f"""
-import sys, types, importlib.util
+import sys, types, importlib, importlib.util
 calls = []
 colab = types.ModuleType("google.colab.output")            # what Colab provides
 colab.enable_custom_widget_manager = lambda: calls.append("enabled")
 colab._widgets = types.SimpleNamespace(_installed_url=None)
 sys.modules["google.colab.output"] = colab
-spec = importlib.util.spec_from_file_location("pxpo_canvas", {str(CANVAS_PY)!r})
-m = importlib.util.module_from_spec(spec); sys.modules["pxpo_canvas"] = m; spec.loader.exec_module(m)
+pkg = types.ModuleType("pxpo_widgets")                       # the package folder without its __init__ (no torch here):
+pkg.__path__ = [{str(CANVAS_PY.parent)!r}]; sys.modules["pxpo_widgets"] = pkg   # canvas.py and the brush it imports
+m = importlib.import_module("pxpo_widgets.canvas")
 import numpy as np, ipywidgets, anywidget
 img = np.random.default_rng(0).random((3, 32, 32)).astype("float32")
 canvas = m.HeatmapCanvas(img, scale=12)
