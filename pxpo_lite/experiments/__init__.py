@@ -25,11 +25,11 @@ one idea each:
    (DDPO), per-region and per-pixel (PXPO) credit, each with and without the keep term
    (:data:`CREDIT_METHODS`), a learning rate per method by one rule (:func:`pilot_lr`),
    held-out effect, fidelity and change inside vs outside a region (:func:`region_change`).
+7. :mod:`~pxpo_lite.experiments.stats` — bootstrap intervals over seeds
+   (:func:`bootstrap_ci`, :func:`bootstrap_samples_to_target`) and :func:`select_lr`.
 8. :mod:`~pxpo_lite.experiments.frontier` — the credit frontier: effect vs held-out fidelity over
    lr and β grids that bracket each method, settings chosen on selection seeds and reported on
    others (:func:`run_frontier`, :func:`frontier_goals`; drawn by :func:`plot_frontier`).
-7. :mod:`~pxpo_lite.experiments.stats` — bootstrap intervals over seeds
-   (:func:`bootstrap_ci`, :func:`bootstrap_samples_to_target`) and :func:`select_lr`.
 
 Tasks: ``"colour"``, ``"hair"`` and the region-focused ``"shirt_blue"`` ("less blue on the
 shirt only") and ``"hair_red"`` ("hair colour towards red"), :data:`TASKS`.
