@@ -2,6 +2,7 @@
 import copy
 import functools
 import math
+import shutil
 
 import pytest
 import torch
@@ -270,6 +271,11 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
     (ck / "state.json").unlink()
     with pytest.raises(CheckpointError, match="incomplete"):
         fresh.load_checkpoint(ck)
+    # files without a state.json are not recorded as this package's: a save refuses them and deletes nothing
+    with pytest.raises(CheckpointError, match="not recorded as a checkpoint"):
+        tr.save_checkpoint(ck)
+    assert (ck / "model.safetensors").exists()
+    shutil.rmtree(ck)  # the user decides; then the save goes through
     tr.save_checkpoint(ck)
     with pytest.raises(CheckpointError, match="method='ddpo'"):
         make(method="pxpo").load_checkpoint(ck)
