@@ -40,7 +40,6 @@ Introduced in ``notebooks/02_ddpo.ipynb``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -52,6 +51,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .files import fsync_dir, sha256_file
+from .lora import base_fingerprint  # noqa: F401 (re-exported: sessions and trainer checkpoints use it)
 
 FORMAT = "pxpo-lite-checkpoint/1"
 FILES = ("model.safetensors", "optimizer.safetensors", "extra.safetensors")
@@ -379,21 +379,6 @@ def _read(path: Path, state: dict, map_location) -> Checkpoint:
         raise CheckpointError(f"checkpoint {str(path)!r}: the optimiser entry of {STATE} is damaged ({e!r}); {FIX}") from e
     return Checkpoint(model=loaded["model.safetensors"], optimizer=optimizer, extra=loaded["extra.safetensors"],
                       state=state, path=path)
-
-
-def base_fingerprint(unet: torch.nn.Module) -> str:
-    """sha256 (first 16 hex) of a UNet's base weights: names (``.base_layer.`` removed) and values,
-    LoRA adapters left out, so a model with and without adapters has the same fingerprint."""
-    while hasattr(unet, "module") and isinstance(unet.module, torch.nn.Module):
-        unet = unet.module  # DDP / accelerate wrappers
-    h = hashlib.sha256()
-    for name, p in sorted(unet.state_dict().items()):
-        if "lora_" in name:
-            continue
-        name = name.replace(".base_layer.", ".")
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 __all__ = [

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from PIL import Image
 
 __all__ = [
     "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
@@ -182,3 +183,19 @@ def load_npy(path, shape: tuple | None = None, finite: bool = True) -> np.ndarra
         bad = int((~np.isfinite(a)).sum())
         raise ValueError(f"{str(path)!r} holds {bad} NaN/inf value(s) of {a.size}")
     return a
+
+
+# -- image writers (feedback sessions) -----------------------------------------------------------
+def save_image_png(path, image: np.ndarray) -> Path:
+    """(3,H,W) in [0,1] -> 8-bit RGB PNG (atomically)."""
+    arr = (np.clip(np.asarray(image, np.float32).transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)
+    return atomic_write(path, lambda p: Image.fromarray(arr, "RGB").save(p, format="PNG"))
+
+
+def save_heatmap_png(path, heat: np.ndarray) -> Path:
+    """(H,W) in [-1,1] -> a viewable PNG: green = like, red = dislike, black = unpainted."""
+    heat = np.asarray(heat, np.float32)
+    rgb = np.zeros(heat.shape + (3,), np.uint8)
+    rgb[..., 1] = (np.clip(heat, 0, 1) * 255).astype(np.uint8)
+    rgb[..., 0] = (np.clip(-heat, 0, 1) * 255).astype(np.uint8)
+    return atomic_write(path, lambda p: Image.fromarray(rgb, "RGB").save(p, format="PNG"))

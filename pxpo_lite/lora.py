@@ -19,6 +19,7 @@ Introduced in ``notebooks/02_ddpo.ipynb`` (trainer option) and ``notebooks/08_*`
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -175,3 +176,18 @@ def merge_and_unload(model: torch.nn.Module) -> torch.nn.Module:
     model.fuse_lora()
     model.unload_lora()
     return model
+
+
+def base_fingerprint(unet: torch.nn.Module) -> str:
+    """sha256 (first 16 hex) of a UNet's base weights: names (``.base_layer.`` removed) and values,
+    LoRA adapters left out, so a model with and without adapters has the same fingerprint."""
+    while hasattr(unet, "module") and isinstance(unet.module, torch.nn.Module):
+        unet = unet.module  # DDP / accelerate wrappers
+    h = hashlib.sha256()
+    for name, p in sorted(unet.state_dict().items()):
+        if "lora_" in name:
+            continue
+        name = name.replace(".base_layer.", ".")
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

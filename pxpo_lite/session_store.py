@@ -52,10 +52,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .files import atomic_write, atomic_write_json, fsync_dir, json_hashes, load_npy, path_inside, save_npy, sha256_file
+from .files import (atomic_write, atomic_write_json, fsync_dir, json_hashes, load_npy, path_inside, save_heatmap_png,  # noqa: F401 (re-exported)
+                    save_image_png, save_npy, sha256_file)
 
 MANIFEST = "session.json"
 FORMAT = "pxpo-lite feedback session"
@@ -83,22 +83,6 @@ class SavedSession:
     initial: dict[str, np.ndarray]
     rounds: list[SavedRound] = field(default_factory=list)
     adapter: dict[str, torch.Tensor] | None = None  # the last round's; None before any round
-
-
-# -- writers ------------------------------------------------------------------------------------
-def save_image_png(path, image: np.ndarray) -> Path:
-    """(3,H,W) in [0,1] -> 8-bit RGB PNG (atomically)."""
-    arr = (np.clip(np.asarray(image, np.float32).transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)
-    return atomic_write(path, lambda p: Image.fromarray(arr, "RGB").save(p, format="PNG"))
-
-
-def save_heatmap_png(path, heat: np.ndarray) -> Path:
-    """(H,W) in [-1,1] -> a viewable PNG: green = like, red = dislike, black = unpainted."""
-    heat = np.asarray(heat, np.float32)
-    rgb = np.zeros(heat.shape + (3,), np.uint8)
-    rgb[..., 1] = (np.clip(heat, 0, 1) * 255).astype(np.uint8)
-    rgb[..., 0] = (np.clip(-heat, 0, 1) * 255).astype(np.uint8)
-    return atomic_write(path, lambda p: Image.fromarray(rgb, "RGB").save(p, format="PNG"))
 
 
 def _round_name(index: int) -> str:

@@ -207,6 +207,19 @@ def _drag(page, box, row: float, cols: tuple[float, float]) -> None:
     page.mouse.up()
 
 
+def _open_notebook(browser, base: str, token: str, name: str):
+    """A new page on notebook ``name`` in JupyterLab, its kernel idle and toasts dismissed; returns
+    (page, the list the page's console messages go to)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    console = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.goto(f"{base}/lab/tree/{name}?token={token}")
+    page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=60_000)
+    _wait(lambda: "| Idle" in page.locator("#jp-main-statusbar").inner_text(), 90, "the kernel to be idle")
+    _dismiss_toasts(page)
+    return page, console
+
+
 def test_paint_like_and_dislike_in_jupyterlab(jupyter_lab):
     _require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run scripts/install_browser.sh (as root)")
     try:
@@ -219,13 +232,7 @@ def test_paint_like_and_dislike_in_jupyterlab(jupyter_lab):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            console = []
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            page.goto(f"{base}/lab/tree/{ASSET.name}?token={token}")
-            page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=60_000)
-            _wait(lambda: "| Idle" in page.locator("#jp-main-statusbar").inner_text(), 90, "the kernel to be idle")
-            _dismiss_toasts(page)
+            page, console = _open_notebook(browser, base, token, ASSET.name)
 
             # 1. show the canvas
             _run_cell(page, 0)
@@ -291,13 +298,7 @@ def test_paint_refine_one_round_and_see_the_change_map(jupyter_lab):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            console = []
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            page.goto(f"{base}/lab/tree/{REFINE_ASSET.name}?token={token}")
-            page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=60_000)
-            _wait(lambda: "| Idle" in page.locator("#jp-main-statusbar").inner_text(), 90, "the kernel to be idle")
-            _dismiss_toasts(page)
+            page, console = _open_notebook(browser, base, token, REFINE_ASSET.name)
             _run_cell(page, 0, timeout=180)
             paint = page.locator("canvas.pxpo-paint")
             try:
