@@ -144,14 +144,7 @@ def test_runs_in_smoke_mode(path, executed_notebook):
 # The closing order: ## Summary -> ### Think! (questions, each followed by its `answer` cell)
 # -> ## Exercises -> ## Next (optional) -> the results cell, the notebook's last cell.
 # --------------------------------------------------------------------------------------------
-# Checked for every notebook, enforced for every notebook but these (their owners are moving them
-# to the order above; remove a name here once its notebook passes).
-CLOSING_ORDER_NOT_YET = {
-    "04_pxpo_colour_feedback.ipynb",
-    "05_pxpo_segmentation_feedback.ipynb",
-    "06_human_feedback_canvas.ipynb",
-    "07_ddpo_vs_pxpo.ipynb",
-}
+# Enforced for every notebook.
 
 
 def _headings(cell):
@@ -212,10 +205,6 @@ def closing_order_problems(cells) -> list[str]:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_closing_order(path):
     problems = closing_order_problems(_cells(path))
-    if path.name in CLOSING_ORDER_NOT_YET:
-        if problems:
-            pytest.xfail(f"{path.name} (not enforced yet): " + "; ".join(problems))
-        return
     assert not problems, f"{path.name}: " + "; ".join(problems) + (
         " — close every notebook with Summary -> Think! (answers) -> Exercises -> Next -> results cell")
 
