@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 RULES = ("dislike large_blob", "dislike hair, like background")
 OUT = ROOT / "benchmarks" / "results" / "localised_feedback"
-KEYS = {"beta": "keep_beta", "lr": "learning_rate", "ramp": "keep_ramp", "dislike": "dislike_scale", "updates": "updates_per_round"}
+KEYS = {"beta": "keep_beta", "lr": "learning_rate", "ramp": "keep_ramp", "dislike": "dislike_scale", "updates": "updates_per_round",
+        "composite": "composite"}
 TRANSFER_SEED = 1000  # the new-seed transfer samples seed + 1000
 
 
@@ -70,6 +71,9 @@ def parse_variant(spec: str) -> dict:
         if key not in KEYS or not value:
             raise ValueError(f"cannot read {item!r} of variant {spec!r}: write key=value with a key from {sorted(KEYS)}, "
                              "e.g. 'ramp=4 lr=3e-3' (ramp=none: the hard edge), or 'default'")
+        if key == "composite":
+            out[KEYS[key]] = value.lower() in ("1", "true", "yes", "on")
+            continue
         out[KEYS[key]] = None if value.lower() == "none" else (int(value) if key == "updates" else float(value))
     return out
 

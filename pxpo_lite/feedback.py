@@ -40,6 +40,7 @@ import torch
 from . import lora as lora_lib
 from .brush import check_heatmap
 from .checkpoint import base_fingerprint
+from .composite import base_trajectory, regenerate_mask, sample_composite
 from .config_checks import check_bool, check_number, check_positive_int
 from .keep import keep_weights_from_heatmap
 from .keep_ramp import check_ramp
@@ -76,6 +77,7 @@ class RefineConfig:
     keep_liked: bool = True        # True: liked pixels are kept too (w = 1 there); False: only unpainted pixels are kept
     keep_ramp: float | None = KEEP_RAMP  # pixels: keep weight 0 in a disliked stroke, rising to 1 this far outside it (keep_ramp.py); None: a hard edge
     dislike_scale: float = DISLIKE_SCALE  # disliked pixels' advantages × this (liked ones × 1)
+    composite: bool = False        # True: regenerate only the disliked strokes (+ ramp) and keep every other pixel of the first image (composite.py)
     timestep_batch: int | None = None  # timesteps scored per UNet forward (same result to float rounding); None: update.resolve_timestep_batch
 
     #: names used by sessions saved before the rename; :meth:`from_dict` maps/ignores them
@@ -94,6 +96,7 @@ class RefineConfig:
         check_number("RefineConfig.max_grad_norm", self.max_grad_norm, above=0, optional=True)
         check_number("RefineConfig.keep_beta", self.keep_beta, at_least=0)
         check_bool("RefineConfig.keep_liked", self.keep_liked)
+        check_bool("RefineConfig.composite", self.composite)
         check_ramp(self.keep_ramp, "RefineConfig.keep_ramp")
         check_number("RefineConfig.dislike_scale", self.dislike_scale, above=0)
         check_positive_int("RefineConfig.timestep_batch", self.timestep_batch, optional=True)
@@ -106,6 +109,7 @@ class RefineConfig:
         d.setdefault("keep_beta", 0.0)
         d.setdefault("keep_ramp", None)  # sessions saved before the ramp continue as they were made
         d.setdefault("dislike_scale", 1.0)
+        d.setdefault("composite", False)
         for old, new in cls.LEGACY.items():
             if old in d:
                 value = d.pop(old)
@@ -251,9 +255,18 @@ class FeedbackSession:
     def _generator(self) -> torch.Generator:
         return torch.Generator(device=next(self.pipe.unet.parameters()).device).manual_seed(self.seed)
 
-    def _generate(self):
+    def _generate(self, new_heatmap=None):
+        """The current image's trajectory (same seed); with ``config.composite``, only the strokes disliked so far are redrawn."""
         c = self.config
         self.pipe.unet.eval()
+        if c.composite:
+            if getattr(self, "_base", None) is None:
+                self._base = base_trajectory(self.pipe, self.prompt, num_steps=c.num_steps, eta=c.eta,
+                                             guidance_scale=c.guidance_scale, generator=self._generator())
+            maps = [r.heatmap for r in self.rounds] + ([] if new_heatmap is None else [new_heatmap])
+            mask = regenerate_mask(maps, tuple(self._base.latents.shape[-2:]), c.keep_ramp)
+            if mask is not None:
+                return sample_composite(self.pipe, self._base, mask, self._generator())
         return sample(self.pipe, [self.prompt], num_steps=c.num_steps, eta=c.eta, guidance_scale=c.guidance_scale,
                       generator=self._generator(), progress=False)
 
@@ -290,7 +303,7 @@ class FeedbackSession:
         w = keep_weights_from_heatmap(heat, sample_size, keep_liked=c.keep_liked, ramp=c.keep_ramp) if c.keep_beta > 0 else None
         update = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress, keep_weights=w)
         before = image.numpy()
-        self.trajectory = self._generate()
+        self.trajectory = self._generate(new_heatmap=heat)
         after = self.image.numpy()
         seconds = time.perf_counter() - t0
         stats = change_stats(before, after, heat)
