@@ -44,7 +44,7 @@ import anywidget
 import numpy as np
 import traitlets
 
-from .brush import apply_stroke, brush_weights, check_heatmap, heatmap_to_list, list_to_heatmap  # noqa: F401 (re-exported)
+from .brush import apply_stroke, brush_weights, check_heatmap, check_heatmap_list, heatmap_to_list, list_to_heatmap  # noqa: F401 (re-exported)
 
 WIDGET_DIR = Path(__file__).resolve().parent / "widget"
 BRUSHES = ("like", "dislike", "erase")
@@ -126,8 +126,8 @@ class HeatmapCanvas(anywidget.AnyWidget):
     image_src = traitlets.Unicode("").tag(sync=True)
     height = traitlets.Int(0).tag(sync=True)
     width = traitlets.Int(0).tag(sync=True)
-    # the painted map: flat row-major H*W floats in [-1, 1], synced when a stroke ends
-    heatmap_data = traitlets.List(traitlets.Float()).tag(sync=True)
+    # the painted map: flat row-major H*W floats in [-1, 1], synced when a stroke ends (checked: _valid_map)
+    heatmap_data = traitlets.List().tag(sync=True)
     # tools
     brush = traitlets.Enum(BRUSHES, default_value="like").tag(sync=True)
     brush_size = traitlets.Int(4).tag(sync=True)
@@ -183,6 +183,25 @@ class HeatmapCanvas(anywidget.AnyWidget):
         if not (0 <= v <= 1) or not math.isfinite(v):
             raise traitlets.TraitError(f"{proposal['trait'].name} must be in [0,1], got {v}")
         return v
+
+    @traitlets.validate("heatmap_data")
+    def _valid_map(self, proposal):
+        try:
+            return check_heatmap_list(proposal["value"], self.height, self.width)
+        except ValueError as e:
+            raise traitlets.TraitError(str(e)) from None
+
+    def set_state(self, sync_data):
+        """A map from the browser that fails :meth:`_valid_map` (NaN, another image's size) is refused
+        without an exception in the kernel's comm handler: the previous map stays, the browser is sent it
+        back, and the reason shows in the widget's status line (``message``)."""
+        try:
+            super().set_state(sync_data)
+        except traitlets.TraitError as e:
+            if "heatmap_data" not in sync_data:
+                raise
+            self.message = f"stroke refused: {e}"
+            self.send_state("heatmap_data")
 
     # -- image ----------------------------------------------------------------------------------
     def set_image(self, image, keep_heatmap: bool = False) -> "HeatmapCanvas":

@@ -44,7 +44,7 @@ from .composite import base_trajectory, regenerate_mask, sample_composite
 from .config_checks import check_bool, check_number, check_positive_int
 from .keep import keep_weights_from_heatmap
 from .keep_ramp import check_ramp
-from .painted import change_stats, heatmap_to_advantages  # noqa: F401 (re-exported: notebooks import them from here)
+from .painted import change_stats, heatmap_to_advantages, warn_if_whole_image  # noqa: F401 (re-exported: notebooks import them from here)
 from .sampling import sample
 from .session_store import SessionError, SessionStore
 from .update import Keep, policy_gradient_step, resolve_timestep_batch, summarise, trainable_steps
@@ -298,6 +298,7 @@ class FeedbackSession:
             return None
         t0 = time.perf_counter()
         c = self.config
+        warn_if_whole_image(heat, kept_liked=c.keep_beta > 0 and c.keep_liked)  # the round runs, but says what it means
         sample_size = tuple(self.trajectory.log_probs.shape[-2:])
         A = heatmap_to_advantages(heat, sample_size, c.advantage_scale, c.dislike_scale)
         w = keep_weights_from_heatmap(heat, sample_size, keep_liked=c.keep_liked, ramp=c.keep_ramp) if c.keep_beta > 0 else None

@@ -1,9 +1,11 @@
-"""A painted map in numbers: per-pixel advantages, and how much an image changed where it was painted.
+"""A painted map in numbers: per-pixel advantages, how much an image changed where it was painted, and a whole-image map's warning.
 
-Used by :class:`pxpo_lite.feedback.FeedbackSession` (which re-exports both functions) and by
+Used by :class:`pxpo_lite.feedback.FeedbackSession` (which re-exports the first two) and by
 ``benchmarks/bench_localised_feedback.py``. Introduced in ``notebooks/06_human_feedback_canvas.ipynb``.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -50,3 +52,20 @@ def change_stats(before, after, heatmap) -> dict:
                      ("liked_over_unpainted", "change_liked")):
         out[key] = out[num] / unp if unp > 0 else float("nan")
     return out
+
+
+def warn_if_whole_image(heatmap, kept_liked: bool = True) -> bool:
+    """Warn (UserWarning) when ``heatmap`` paints every pixel, saying what a round does with it; True if it warned.
+
+    Such a round is defined (:meth:`pxpo_lite.feedback.FeedbackSession.step` runs it), but nothing is
+    left unpainted: the keep term has no outside pixel to hold (only liked ones, with ``kept_liked``),
+    the whole image may change, and :func:`change_stats`' ratios over unpainted pixels are NaN.
+    """
+    h = np.asarray(heatmap, dtype=np.float32)
+    if (h == 0).any():
+        return False
+    kept = "liked pixels are still held by the keep term" if kept_liked and (h > 0).any() else "the keep term holds nothing"
+    warnings.warn(f"the map paints every pixel, nothing is left unpainted: the round runs, but {kept} (there is no "
+                  "unpainted pixel to keep), the whole image may change, and the change ratios over unpainted pixels "
+                  "are NaN. To keep part of the image as it is, leave it unpainted (erase it on the canvas)", stacklevel=3)
+    return True

@@ -291,7 +291,23 @@ BAD_INPUTS: list[BadInput] = [
     BadInput("canvas", "heatmap outside [-1,1]",
              lambda: __import__("pxpo_lite.canvas", fromlist=["check_heatmap"]).check_heatmap(np.full((8, 8), 3.0), (8, 8)),
              ValueError, r"heatmap values must lie in \[-1,1\]"),
+    BadInput("canvas", "a complex heatmap",
+             lambda: __import__("pxpo_lite.canvas", fromlist=["check_heatmap"]).check_heatmap(np.zeros((8, 8), complex), (8, 8)),
+             TypeError, r"heatmap must hold real numbers .*got dtype complex128"),
+    BadInput("canvas", "a heatmap tensor on the meta device",
+             lambda: __import__("pxpo_lite.canvas", fromlist=["check_heatmap"]).check_heatmap(torch.zeros(8, 8, device="meta"), (8, 8)),
+             TypeError, r"heatmap must hold real numbers in memory, got a meta-device tensor"),
+    BadInput("canvas", "NaN in the canvas's heatmap_data (null from the browser)", lambda: _canvas_map([None] * 64),
+             __import__("traitlets").TraitError, r"64 value\(s\) that are not finite numbers.*None from the browser.*previous map is kept"),
+    BadInput("canvas", "heatmap_data painted on an image of another size", lambda: _canvas_map([0.5] * 16),
+             __import__("traitlets").TraitError, r"has 16 values but the image is 8×8 = 64 pixels.*previous map is kept"),
 ]
+
+
+def _canvas_map(data):
+    from pxpo_lite.canvas import HeatmapCanvas
+
+    HeatmapCanvas(np.zeros((3, 8, 8), np.float32)).heatmap_data = data
 
 
 def _meta_pipe():

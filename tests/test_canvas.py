@@ -209,6 +209,64 @@ def test_browser_sync_undo_clear_and_callbacks(canvas):
     assert seen[-1] == 0.0
 
 
+def _painted(canvas):
+    """A canvas with one dislike stroke (one undo step) and a callback that records every map it sees."""
+    canvas.paint_stroke([(3, 3)], brush="dislike", size=3)
+    seen = []
+    canvas.on_change(lambda h: seen.append(h))
+    return canvas.heatmap, seen
+
+
+@pytest.mark.parametrize("bad, words", [
+    ([float("nan")] * 1024, r"1024 value\(s\) that are not finite numbers \(first at pixel 0: nan.*previous map is kept"),
+    ([0.0] * 1023 + [None], r"1 value\(s\) that are not finite.*pixel 1023: None.*None from the browser"),
+    ([float("inf")] + [0.0] * 1023, r"not finite numbers \(first at pixel 0: inf"),
+    ([0.5] * 256, r"has 256 values but the image is 32×32 = 1024 pixels.*another size.*previous map is kept"),
+    ([2.0] * 1024, r"must lie in \[-1,1\].*got min 2, max 2.*previous map is kept"),
+    (["a"] * 1024, r"not finite numbers \(first at pixel 0: 'a'"),
+])
+def test_a_bad_map_assigned_from_python_is_refused_and_the_painted_map_kept(canvas, bad, words):
+    """Issue 19/20: NaN, a map of another size or out of range used to be stored (NaN reached the
+    callbacks and the update; a wrong size made canvas.heatmap raise); now refused, nothing lost."""
+    import traitlets
+
+    kept, seen = _painted(canvas)
+    with pytest.raises(traitlets.TraitError, match=words):
+        canvas.heatmap_data = bad
+    np.testing.assert_array_equal(canvas.heatmap, kept)
+    assert canvas.history_length == 1 and seen == [] and canvas.summary()["disliked_pixels"] > 0
+
+
+@pytest.mark.parametrize("bad, words", [([None] * 1024, "None from the browser"), ([0.1] * 64, "another size")])
+def test_a_bad_map_from_the_browser_is_refused_in_the_status_line(canvas, bad, words, monkeypatch):
+    """JSON turns NaN into null: a stroke the kernel cannot use is refused without an exception in the
+    comm handler (where no one sees it); the status line says why and the browser gets the kept map back."""
+    kept, seen = _painted(canvas)
+    sent = []
+    monkeypatch.setattr(canvas, "send_state", lambda key=None: sent.append(key))
+    canvas.set_state({"heatmap_data": bad})  # what ipywidgets calls when canvas.js saves a stroke
+    assert canvas.message.startswith("stroke refused: ") and words in canvas.message
+    np.testing.assert_array_equal(canvas.heatmap, kept)
+    assert sent[-1] == "heatmap_data" and seen == [] and canvas.history_length == 1
+    good = heatmap_to_list(np.zeros((32, 32), np.float32))
+    canvas.set_state({"heatmap_data": good})  # the next good stroke is taken as usual
+    assert canvas.is_empty and canvas.history_length == 2 and len(seen) == 1
+    import traitlets
+
+    with pytest.raises(traitlets.TraitError):  # other bad settings still raise as before
+        canvas.set_state({"brush_size": 0})
+
+
+def test_check_heatmap_refuses_complex_text_and_meta_maps_by_name():
+    for bad, words in [(np.zeros((8, 8), complex), "dtype complex128"), (np.full((8, 8), "a"), "dtype <U1"),
+                       (np.full((8, 8), "x", dtype=object), "could not be read as numbers"),
+                       (torch.zeros(8, 8, device="meta"), "meta-device")]:
+        with pytest.raises(TypeError, match=words):
+            check_heatmap(bad, (8, 8))
+    with pytest.raises(ValueError, match=r"NaN/inf value\(s\).*np.nan_to_num"):
+        check_heatmap(np.full((8, 8), np.nan), (8, 8))
+
+
 def test_set_image_resets_map_and_history_unless_kept(canvas, image):
     canvas.paint_stroke([(3, 3)], size=2)
     canvas.set_image(image, keep_heatmap=True)

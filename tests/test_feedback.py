@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -150,6 +151,46 @@ def test_bad_heatmaps_are_refused(pipe, bad, words):
     with pytest.raises(ValueError) as e:
         s.step(bad)
     assert words in str(e.value) and s.rounds == []
+
+
+def _folder_state(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_bad_painted_maps_lose_nothing_already_saved(pipe, tmp_path):
+    """Issue 19's bad inputs on a session with a saved round: each is refused by name before any update,
+    the folder is byte-for-byte as it was, and the next good round is round 2."""
+    s = FeedbackSession(pipe, PROMPT, seed=3, folder=tmp_path / "s", config=RefineConfig(**CFG))
+    s.step(_maps()[0])
+    saved, adapters = _folder_state(tmp_path / "s"), s.adapter_state()
+    nan = _maps()[1].copy()
+    nan[5, 5] = np.nan  # one NaN from the front end
+    for bad, err, words in [(nan, ValueError, r"1 NaN/inf value\(s\).*Nothing was changed.*np.nan_to_num"),
+                            (np.zeros((16, 16)), ValueError, r"image's size \(32, 32\).*got shape \(16, 16\)"),
+                            (torch.zeros(32, 32, device="meta"), TypeError, "meta-device"),
+                            (np.zeros((32, 32), complex), TypeError, "dtype complex128")]:
+        with pytest.raises(err, match=words):
+            s.step(bad)
+    assert s.step(np.zeros((32, 32), np.float32)) is None  # all zeros: no update, says so (test above)
+    assert len(s.rounds) == 1 and _folder_state(tmp_path / "s") == saved
+    for k, v in s.adapter_state().items():
+        assert torch.equal(v, adapters[k])
+    assert s.step(_maps()[1]).index == 2
+
+
+@pytest.mark.parametrize("value, kept", [(-1.0, "the keep term holds nothing"), (1.0, "liked pixels are still held")])
+def test_a_stroke_over_the_whole_image_runs_and_says_what_it_means(pipe, value, kept):
+    """No unpainted pixel: the round is defined (the keep ramp has no outside pixel), but it warns that
+    nothing is kept and that the ratios over unpainted pixels are NaN, and how to keep a part."""
+    s = FeedbackSession(pipe, PROMPT, seed=3, config=RefineConfig(**CFG))
+    with pytest.warns(UserWarning, match=f"paints every pixel.*{kept}.*NaN.*leave it unpainted"):
+        r = s.step(np.full((32, 32), value, np.float32))
+    assert r.index == 1 and np.isnan(r.stats["change_unpainted"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a map with an unpainted pixel does not warn
+        m = np.full((32, 32), value, np.float32)
+        m[0, 0] = 0
+        s.step(m)
 
 
 def test_bad_arguments(pipe):

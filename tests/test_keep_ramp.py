@@ -190,6 +190,7 @@ def test_session_ramp_reaches_the_update_and_a_whole_image_stroke_runs(pipe, mon
     keep, A = seen[-1]
     np.testing.assert_allclose(keep.weights[0].numpy(), keep_weights_from_heatmap(h, (32, 32), ramp=4.0)[0].numpy())
     assert A[0, 11, 11] == -2.0 and A[0, 0, 0] == 0
-    whole = s.step(-np.ones((32, 32), np.float32), source="synthetic")  # defined: nothing kept, nothing unpainted
+    with pytest.warns(UserWarning, match="paints every pixel"):  # defined: nothing kept, nothing unpainted (and it says so)
+        whole = s.step(-np.ones((32, 32), np.float32), source="synthetic")
     assert (seen[-1][0].weights == 0).all()
     assert whole.stats["change_disliked"] > 0 and math.isnan(whole.stats["change_unpainted"])
