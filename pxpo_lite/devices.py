@@ -76,11 +76,6 @@ def on_device_of(x, reference: torch.Tensor) -> torch.Tensor:
     return x.to(reference.device)
 
 
-def default_device() -> str:
-    """``"cuda"`` when a CUDA GPU is visible, else ``"cpu"`` (what every notebook's set-up cell picks)."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _is_cuda(device) -> bool:
     return torch.device(device).type == "cuda"
 
