@@ -21,6 +21,7 @@ import torch
 from . import fidelity, models, world
 from .files import atomic_write, atomic_write_json, sha256_file
 from .pretrain import HELDOUT_WORLD_SEED, evaluate_segmenter
+from .rewards import default_segmenter
 from .sampling import sample
 
 
@@ -73,7 +74,7 @@ def main(argv=None):
     t = time.perf_counter()
     pipe = models.load_tiny_pipeline(path=args.pipeline)
     load_s = time.perf_counter() - t
-    seg = models.load_segmenter()
+    seg = default_segmenter()  # the one cached loader (rewards.py)
     prompts = world.render(args.n, seed=HELDOUT_WORLD_SEED + 1).prompts
 
     report = {"command": "python -m pxpo_lite.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),

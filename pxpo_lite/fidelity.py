@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import world
+from .rewards import default_segmenter
 
 ATTRIBUTES = ("hair_presence", "hair_colour", "background", "shirt")
 
@@ -75,9 +76,7 @@ def prompt_fidelity(images: torch.Tensor, prompts: Sequence[str], segmenter=None
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; pass one prompt per image")
     if segmenter is None:
-        from .models import load_segmenter
-
-        segmenter = load_segmenter(device=images.device)
+        segmenter = default_segmenter(images.device)  # loaded once per device, shared
     judged = judge(images, segmenter)
     rows = []
     for j, p in zip(judged, prompts):

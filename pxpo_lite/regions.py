@@ -38,7 +38,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .rewards import check_images, check_reward
+from .rewards import check_images, check_reward, default_segmenter
 from .world import BACKGROUNDS, HAIR_COLOURS, PART_ID, PARTS, SHIRTS
 
 RewardFn = Callable[..., torch.Tensor]
@@ -47,18 +47,8 @@ RewardFn = Callable[..., torch.Tensor]
 #: several palettes ("red", "blue", ...) means the hair colour, then the shirt's, then the background's.
 COLOURS: dict[str, tuple[int, int, int]] = {**BACKGROUNDS, **SHIRTS, **HAIR_COLOURS}
 
-_SEGMENTERS: dict[str, torch.nn.Module] = {}
-
-
 def _segmenter(device, segmenter=None) -> torch.nn.Module:
-    if segmenter is not None:
-        return segmenter
-    key = str(device)
-    if key not in _SEGMENTERS:
-        from .models import load_segmenter  # loads the shipped weights on first use
-
-        _SEGMENTERS[key] = load_segmenter(device)
-    return _SEGMENTERS[key]
+    return segmenter if segmenter is not None else default_segmenter(device)  # the one cached loader (rewards.py)
 
 
 @torch.no_grad()

@@ -33,6 +33,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .models import load_segmenter
+
 RewardFn = Callable[..., torch.Tensor]
 
 
@@ -200,13 +202,18 @@ def jpeg_compressibility(images: torch.Tensor, prompts: Sequence[str] | None = N
 _SEGMENTERS: dict[str, torch.nn.Module] = {}
 
 
-def _default_segmenter(device) -> torch.nn.Module:
-    key = str(device)
+def default_segmenter(device="cpu") -> torch.nn.Module:
+    """The shipped segmenter (:func:`pxpo_lite.models.load_segmenter`) on ``device``, loaded once per
+    device and shared by every function that takes ``segmenter=None`` (rewards, regions, synthetic
+    feedback, prompt fidelity, the experiments' tasks). It is in eval mode and used without gradients;
+    to train or modify one, load your own copy with ``models.load_segmenter()``."""
+    key = str(torch.device(device))
     if key not in _SEGMENTERS:
-        from .models import load_segmenter
-
         _SEGMENTERS[key] = load_segmenter(device)
     return _SEGMENTERS[key]
+
+
+_default_segmenter = default_segmenter  # the older private name (benchmarks/bench_train_step.py uses it)
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .brush import brush_weights
+from .rewards import default_segmenter
 from .world import PART_ID, PARTS
 
 FEEDBACK_SOURCES = ("canvas", "synthetic")
@@ -80,11 +81,9 @@ def free_stroke(kind: str, shape: tuple[int, int], seed: int) -> np.ndarray:
 
 
 def part_masks(image: torch.Tensor, segmenter=None) -> np.ndarray:
-    """(H,W) int part labels of a (3,H,W) image, by the shipped segmenter (``load_segmenter``)."""
+    """(H,W) int part labels of a (3,H,W) image, by the shipped segmenter (``rewards.default_segmenter``)."""
     if segmenter is None:
-        from .models import load_segmenter  # heavy (diffusers, weights): only when no segmenter is given
-
-        segmenter = load_segmenter()
+        segmenter = default_segmenter()  # loaded once, shared (rewards.default_segmenter)
     dev = next(segmenter.parameters()).device
     with torch.no_grad():
         logits = segmenter(torch.as_tensor(image, dtype=torch.float32)[None].to(dev))

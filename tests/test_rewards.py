@@ -60,6 +60,35 @@ def test_hair_map_from_segmenter():
     torch.testing.assert_close(-rewards.hair_probability(p.images, seg, batch_size=5), m)
 
 
+def test_every_default_segmenter_is_one_cached_load(monkeypatch):
+    """Issue 20: the shipped segmenter was loaded six ways (two caches, four fresh loads per call).
+    Every ``segmenter=None`` default now shares rewards.default_segmenter: one load per device."""
+    from pxpo_lite import fidelity, models, regions, synthetic_feedback
+    from pxpo_lite.experiments import tasks
+
+    loads, load = [], models.load_segmenter
+
+    def counting(device="cpu", path=None):
+        loads.append(str(device))
+        return load(device, path)
+
+    monkeypatch.setattr(rewards, "_SEGMENTERS", {})
+    for mod in (models, rewards, regions, synthetic_feedback, fidelity, tasks):  # wherever a loader is bound, count it
+        if hasattr(mod, "load_segmenter"):
+            monkeypatch.setattr(mod, "load_segmenter", counting)
+    if hasattr(regions, "_SEGMENTERS"):
+        monkeypatch.setattr(regions, "_SEGMENTERS", {})
+    p = world.render(2, seed=5)
+    seg = rewards.default_segmenter()
+    rewards.hair_reward_map(p.images, p.prompts)
+    regions.part_labels(p.images)
+    synthetic_feedback.synthetic_heatmap(p.images[0], "dislike hair")
+    fidelity.prompt_fidelity(p.images, p.prompts)
+    assert tasks._load_segmenter(None) is seg and regions._segmenter(p.images.device) is seg
+    assert rewards.default_segmenter(torch.device("cpu")) is seg and rewards._default_segmenter("cpu") is seg
+    assert loads == ["cpu"] and not seg.training
+
+
 def test_check_reward_and_bad_input():
     imgs = torch.rand(3, 3, 8, 8)
     rewards.check_reward(torch.zeros(3), imgs)

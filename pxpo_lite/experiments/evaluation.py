@@ -53,10 +53,6 @@ def measure_heldout(pipe, task: Task, per_prompt: int = 8, seed: int = HELDOUT_N
     Returns ``{"mean", "std", "rewards" (list), "fidelity" (dict), "fidelity_other", "n",
     "images" (tensor, if images=True), "prompts"}``.
     """
-    if segmenter is None:
-        from ..models import load_segmenter  # heavy (diffusers, weights): only when none is given
-
-        segmenter = load_segmenter()
     prompts = eval_prompts(task, per_prompt)
     x = generate(pipe, prompts, seed=seed)
     r = task.scalar_reward(x, prompts)

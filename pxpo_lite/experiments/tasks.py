@@ -36,6 +36,7 @@ import torch
 from .. import regions
 from .. import rewards as rewards_mod
 from .. import world
+from ..models import load_segmenter
 
 TASKS = ("colour", "hair", "shirt_blue", "hair_red")
 """Every task :func:`get_task` knows: the paper's two, then the region-focused ones."""
@@ -108,9 +109,9 @@ def task_prompts(task: str, n: int = 4, seed: int = 1234) -> tuple:
 
 
 def _load_segmenter(segmenter):
-    if segmenter is None or isinstance(segmenter, (str, os.PathLike)):
-        from ..models import load_segmenter  # heavy (diffusers, weights): only for the tasks that segment
-
+    if segmenter is None:
+        return rewards_mod.default_segmenter()  # the shipped one, loaded once and shared
+    if isinstance(segmenter, (str, os.PathLike)):
         return load_segmenter(path=segmenter)  # FileNotFoundError naming the folder if missing
     return segmenter
 
