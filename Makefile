@@ -40,6 +40,7 @@ smoke: setup
 pretrain: setup
 	$(PY) -m pxpo_lite.pretrain segmenter
 	$(PY) -m pxpo_lite.pretrain diffusion
+	$(PY) -m pxpo_lite.pretrain flow
 	$(PY) -m pxpo_lite.evaluate --out docs
 
 evaluate: setup

@@ -5,6 +5,7 @@ otherwise repeat; each module's docstring names the notebook that introduces it.
 """
 from . import world
 from .models import load_segmenter, load_tiny_pipeline, build_tiny_pipeline
+from .flow_models import TinyFlowPipeline, build_tiny_flow_pipeline, load_tiny_flow_pipeline
 from .ddim import ddim_step_logprob
 from .sampling import Trajectory, sample, step_log_prob, step_log_probs, rescore
 from . import pixelwise

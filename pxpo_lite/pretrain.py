@@ -1,14 +1,18 @@
 """Pretrain the shipped models on the pixel-portraits world: ``python -m pxpo_lite.pretrain``.
 
-Two models, both trained from scratch on freshly rendered world images (a new batch every
+Three models, all trained from scratch on freshly rendered world images (a new batch every
 step, so there is no fixed data set and no over-fitting to it):
 
 * ``segmenter``: per-pixel part labels, cross-entropy, a few minutes on a 2-core CPU;
 * ``diffusion``: the tiny text-to-image model (UNet + text encoder together), v-prediction
   MSE on a cosine noise schedule, 10 % of prompts dropped to "" so classifier-free guidance
-  works, an exponential moving average (EMA) of the weights is what gets shipped.
+  works, an exponential moving average (EMA) of the weights is what gets shipped;
+* ``flow``: the tiny flow-matching model (:mod:`pxpo_lite.flow_models`: the same UNet and text
+  encoder, diffusers' ``FlowMatchEulerDiscreteScheduler``), trained exactly like ``diffusion``
+  (same data, drop-out, lr schedule, EMA) but on the velocity loss ‖v̂ − (noise − x0)‖² at
+  x_t = (1 − t)·x0 + t·noise, t uniform (:func:`flow_velocity_objective` says why).
 
-Both use diffusers' training utilities rather than hand-written ones: the learning rate follows
+All use diffusers' training utilities rather than hand-written ones: the learning rate follows
 ``diffusers.optimization.get_cosine_schedule_with_warmup`` (linear warm-up from 0, then a half
 cosine to 0) and the EMA is ``diffusers.training_utils.EMAModel`` (decay
 min(0.999, (1+k)/(10+k)) at update k+1; the first update copies the weights).
@@ -43,6 +47,7 @@ Usage::
 
     python -m pxpo_lite.pretrain segmenter            # ~2 min on 2 cores
     python -m pxpo_lite.pretrain diffusion            # ~46 min on 2 cores
+    python -m pxpo_lite.pretrain flow                 # writes pxpo_lite/assets/tiny_flow
     python -m pxpo_lite.pretrain all
 
 Introduced in ``notebooks/00_tour.ipynb`` (the shipped models).
@@ -68,11 +73,15 @@ from tqdm.auto import tqdm
 
 from . import models, world
 from .files import atomic_write_json
+from .flow_models import TINY_FLOW_DIR, build_tiny_flow_pipeline
 
 HELDOUT_WORLD_SEED = 10**9
 """World (image/prompt) seeds from here on are held out: pretraining renders batches with seeds
 ``data_seed * 10_000_000 + step``, far below. Evaluation of the shipped models draws its images
 and prompts from here. Not a noise seed: experiments seed their sampling noise separately."""
+
+FLOW_STEPS = 2200
+"""Default steps of ``pretrain flow`` (× 32 images): measured to fit the issue's hour on 2 cores."""
 
 
 
@@ -227,42 +236,61 @@ def evaluate_segmenter(model, n: int = 1000, seed: int = HELDOUT_WORLD_SEED) -> 
 
 
 # --------------------------------------------------------------------------------------------
-def train_diffusion(
-    out: Path,
-    steps: int = 6000,
-    batch: int = 32,
-    lr: float = 1e-3,
-    warmup: int = 200,
-    ema_decay: float = 0.999,
-    cond_drop: float = 0.1,
-    data_seed: int = 0,
-    save_every: int = 1000,
-):
-    """Train the tiny pipeline (v-prediction MSE) and save its EMA weights to ``out`` every ``save_every`` steps."""
+# The two text-to-image objectives: (x0, generator) -> (noisy sample, UNet timestep, target)
+def v_prediction_objective(scheduler):
+    """DDIM model: t uniform over the 1000 training steps of the cosine schedule, target v."""
+    alphas = scheduler.alphas_cumprod
+
+    def objective(x0, gen):
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise, t, a.sqrt() * noise - (1 - a).sqrt() * x0
+
+    return objective
+
+
+def flow_velocity_objective(scheduler):
+    """Flow model: x_t = (1 − t)·x0 + t·noise, target v = noise − x0, UNet timestep t·1000.
+
+    t is uniform on [0, 1), not SD3's logit-normal: the Euler sampler's first steps sit at t near 1
+    (1.0, 0.95, ... for 20 steps) where a 32×32 portrait's colours are decided, and a logit-normal
+    draws almost no t there (density → 0 at t = 1). Uniform t is also the loss the DDIM model had
+    (uniform over its timesteps), so the two models differ in their objective only."""
+    n = scheduler.config.num_train_timesteps
+
+    def objective(x0, gen):
+        t = torch.rand(len(x0), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        s = t.view(-1, 1, 1, 1)
+        return (1 - s) * x0 + s * noise, t * n, noise - x0
+
+    return objective
+
+
+def train_text_to_image(pipe, objective, name: str, out: Path, steps: int, batch: int = 32, lr: float = 1e-3,
+                        warmup: int = 200, ema_decay: float = 0.999, cond_drop: float = 0.1, data_seed: int = 0,
+                        save_every: int = 1000):
+    """Train ``pipe``'s UNet and text encoder on MSE(unet(x_t, t), target) with ``objective`` on fresh
+    world batches (``cond_drop`` of the prompts replaced by ""), cosine lr with warm-up, EMA; save
+    the EMA weights to ``out`` every ``save_every`` steps with ``TRAINING.json`` (command ``name``)."""
     _check_steps(steps, warmup)
     check_out(out)  # a refused folder fails now, not after the training
-    pipe = models.build_tiny_pipeline(seed=data_seed)
-    unet, te, sched = pipe.unet, pipe.text_encoder, pipe.scheduler
+    unet, te = pipe.unet, pipe.text_encoder
     unet.train()
     te.train()
     params = list(unet.parameters()) + list(te.parameters())
     ema = EMAModel(params, decay=ema_decay)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     schedule = get_cosine_schedule_with_warmup(opt, num_warmup_steps=warmup, num_training_steps=steps)
-    alphas = sched.alphas_cumprod
     gen = torch.Generator().manual_seed(data_seed)
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     losses = []
-    bar = tqdm(range(steps), desc="diffusion", mininterval=10)
+    bar = tqdm(range(steps), desc=name, mininterval=10)
     for step in bar:
         p = world.render(batch, seed=data_seed * 10_000_000 + step)
         prompts = [("" if torch.rand((), generator=gen) < cond_drop else pr) for pr in p.prompts]
-        x0 = p.images * 2 - 1
-        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v-prediction
+        xt, t, target = objective(p.images * 2 - 1, gen)
         prompt_embeds, _ = pipe.encode_prompt(prompts, device="cpu")
         pred = unet(xt, t, encoder_hidden_states=prompt_embeds).sample
         loss = F.mse_loss(pred, target)
@@ -277,15 +305,33 @@ def train_diffusion(
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if (step + 1) % save_every == 0 or step + 1 == steps:
             save_ema_pipeline(pipe, params, ema, out, {
-                "command": "python -m pxpo_lite.pretrain diffusion " + " ".join(sys.argv[2:]),
+                "command": f"python -m pxpo_lite.pretrain {name} " + " ".join(sys.argv[2:]),
                 "data_seed": data_seed, "steps_done": step + 1, "steps": steps, "batch": batch, "lr": lr,
                 "warmup": warmup, "ema_decay": ema_decay, "cond_drop": cond_drop,
-                "wall_time_s": round(time.time() - t0, 1),
+                "wall_time_s": round(time.time() - t0, 1), "cpu_time_s": round(time.process_time() - cpu0, 1),
                 "loss_last_200": round(sum(losses[-200:]) / len(losses[-200:]), 5),
                 "versions": library_versions(),
             })
-    print(f"diffusion: {time.time() - t0:.0f} s for {steps} steps")
+    print(f"{name}: {time.time() - t0:.0f} s for {steps} steps")
     return pipe
+
+
+def train_diffusion(out: Path, steps: int = 6000, data_seed: int = 0, **kw):
+    """Train the tiny DDIM pipeline (v-prediction MSE); keywords of :func:`train_text_to_image`."""
+    _check_steps(steps, kw.get("warmup", 200))
+    check_out(out)
+    pipe = models.build_tiny_pipeline(seed=data_seed)
+    return train_text_to_image(pipe, v_prediction_objective(pipe.scheduler), "diffusion", out, steps,
+                               data_seed=data_seed, **kw)
+
+
+def train_flow(out: Path, steps: int = FLOW_STEPS, data_seed: int = 0, **kw):
+    """Train the tiny flow-matching pipeline (velocity MSE); keywords of :func:`train_text_to_image`."""
+    _check_steps(steps, kw.get("warmup", 200))
+    check_out(out)
+    pipe = build_tiny_flow_pipeline(seed=data_seed)
+    return train_text_to_image(pipe, flow_velocity_objective(pipe.scheduler), "flow", out, steps,
+                               data_seed=data_seed, **kw)
 
 
 def save_ema_pipeline(pipe, params, ema: EMAModel, out: Path, info: dict) -> None:
@@ -301,19 +347,20 @@ def save_ema_pipeline(pipe, params, ema: EMAModel, out: Path, info: dict) -> Non
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m pxpo_lite.pretrain", description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=["segmenter", "diffusion", "all"])
-    ap.add_argument("--steps", type=int, default=None, help="training steps (default: 1500 segmenter, 6000 diffusion)")
+    ap.add_argument("what", choices=["segmenter", "diffusion", "flow", "all"])
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"training steps (default: 1500 segmenter, 6000 diffusion, {FLOW_STEPS} flow)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: the shipped assets folder)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.what in ("segmenter", "all"):
-        kw = {"steps": args.steps} if args.steps and args.what == "segmenter" else {}
-        train_segmenter(args.out if args.out and args.what == "segmenter" else models.SEGMENTER_DIR, **kw)
-    if args.what in ("diffusion", "all"):
-        kw = {"steps": args.steps} if args.steps and args.what == "diffusion" else {}
-        train_diffusion(args.out if args.out and args.what == "diffusion" else models.TINY_PIPELINE_DIR, **kw)
+    for what, train, folder in (("segmenter", train_segmenter, models.SEGMENTER_DIR),
+                                ("diffusion", train_diffusion, models.TINY_PIPELINE_DIR),
+                                ("flow", train_flow, TINY_FLOW_DIR)):
+        if args.what in (what, "all"):
+            kw = {"steps": args.steps} if args.steps and args.what == what else {}
+            train(args.out if args.out and args.what == what else folder, **kw)
 
 
 if __name__ == "__main__":
