@@ -12,8 +12,10 @@
   cells up to the one that defines the learner's function (``def reinforce_estimate(…)``; no
   model load, no training), takes that function by name and runs ``pxpo_lite.checks.check_*``
   on it. The outputs saved in the notebook are ignored: a displayed "passed" counts for nothing.
-* **Each exercise is isolated**: ``--timeout`` seconds (default 60) each; a crash or a time-out
-  fails that exercise only, and its message names the exercise and the reason.
+* **Each exercise is isolated**: ``--timeout`` seconds (default 60) each, counted once its process
+  has started; a crash or a time-out fails that exercise only, and its message names the exercise
+  and the reason. Isolated from the other exercises, not from your machine: the submission's code
+  runs unsandboxed, with the grader's permissions (grade in a throwaway container or VM).
 * **A source scan flags** a learner function that uses a ``pxpo_lite`` function (the references
   live there) or the checks: status ``flagged``, no points until the instructor decides.
 

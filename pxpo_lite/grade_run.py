@@ -6,6 +6,12 @@ takes the learner's function by name and calls the exercise's check on it. The v
 from the check's own return value and outcome in that process: nothing the notebook displayed
 counts. A child that runs past ``timeout`` seconds is killed; one that dies is reported as such;
 either way the other exercises are graded.
+
+Where fork is missing or unsafe (Windows, macOS) the child is *spawned*: a fresh interpreter that
+imports the package and torch again (seconds) before it can run anything. So the child says when
+it is ready, and ``timeout`` counts from then, for the learner's code and the check only; starting
+up has its own limit, ``STARTUP_S``. A process is not a sandbox: the learner's code runs with the
+grader's permissions (see COURSE.md, Grading).
 """
 from __future__ import annotations
 
@@ -16,6 +22,9 @@ import sys
 import traceback
 
 from .grade_source import Extracted
+
+STARTUP_S = 300.0   # seconds a child may take to start and import the package (spawn: a fresh interpreter)
+_READY = "ready"
 
 
 def _result(status: str, message: str, **extra) -> dict:
@@ -31,6 +40,7 @@ def _child(conn, ex: Extracted, exercise) -> None:
         from . import checks
         from .checks import course, engine, mdp, pixel
 
+        conn.send(_READY)  # imports done: the exercise's time starts now
         modules = (checks, engine, course, mdp, pixel)
         saved = [dict(vars(m)) for m in modules]
         ns: dict = {"__name__": "__main__", "__builtins__": __builtins__}
@@ -115,16 +125,21 @@ def run_exercise(ex: Extracted, exercise, timeout: float = 60.0) -> dict:
     proc.start()
     send.close()
     try:
-        if recv.poll(timeout):
-            try:
-                return recv.recv()
-            except EOFError:
-                pass
+        if not recv.poll(STARTUP_S):
+            return _result("failed", f"the process grading exercise {exercise.label} ({exercise.name}) did not start "
+                                     f"within {STARTUP_S:g} s (importing the package and torch)")
+        try:
+            first = recv.recv()
+            if first != _READY:
+                return first  # it failed before it was ready (an import)
+            if not recv.poll(timeout):
+                return _result("failed", f"exercise {exercise.label} ({exercise.name}) timed out after {timeout:g} s: "
+                                         "an endless loop, or far too slow (the checks take a few seconds)")
+            return recv.recv()
+        except EOFError:  # the child died before it sent its verdict
             proc.join(5)
             return _result("failed", f"the process grading exercise {exercise.label} died (exit code {proc.exitcode}): "
                                      "your code crashed the interpreter")
-        return _result("failed", f"exercise {exercise.label} ({exercise.name}) timed out after {timeout:g} s: "
-                                 "an endless loop, or far too slow (the checks take a few seconds)")
     finally:
         if proc.is_alive():
             proc.kill()

@@ -209,6 +209,47 @@ def test_a_timeout_or_a_crash_fails_that_exercise_only(tmp_path):
     assert "01b.2" in r["exercises"]["ppo_clip_loss"]["message"] and "died" in r["exercises"]["ppo_clip_loss"]["message"]
 
 
+def test_the_start_method_is_spawn_where_fork_is_missing_or_unsafe(monkeypatch):
+    """Linux forks each exercise's process; macOS (fork is unsafe there) and Windows (no fork) spawn it."""
+    from pxpo_lite import grade_run
+
+    if sys.platform.startswith("linux"):
+        assert grade_run._context().get_start_method() == "fork"
+    monkeypatch.setattr(grade_run.sys, "platform", "darwin")
+    assert grade_run._context().get_start_method() == "spawn"
+    monkeypatch.undo()
+    monkeypatch.setattr(grade_run.mp, "get_all_start_methods", lambda: ["spawn"])
+    assert grade_run._context().get_start_method() == "spawn"
+
+
+def test_the_spawn_path_grades_like_the_fork_path(tmp_path, monkeypatch):
+    """The spawn path (macOS, Windows), forced here: the exercise, its extracted source and the check
+    are pickled to a fresh interpreter, and the verdict comes back over the pipe. A module only this
+    process has proves the child did not fork (a forked child would see it and fail). The time limit
+    counts from the child's "ready", after its imports (seconds here): a correct answer passes and a
+    loop times out, with a limit shorter than the start-up."""
+    import multiprocessing as mp
+    from pxpo_lite import grade_run
+
+    used = []
+
+    def spawn():
+        used.append("spawn")
+        return mp.get_context("spawn")
+
+    monkeypatch.setattr(grade_run, "_context", spawn)
+    monkeypatch.setitem(sys.modules, "_only_in_the_grader", sys)
+    fresh = REINFORCE_OK.replace("    score = (actions - mu) / sigma**2\n",
+                                 "    import sys\n    assert '_only_in_the_grader' not in sys.modules, 'forked'\n"
+                                 "    score = (actions - mu) / sigma**2\n")
+    loop = PPO_OK.replace("    ratio = torch.exp", "    while True:\n        pass\n    ratio = torch.exp")
+    r = grader.grade_notebook(_write(tmp_path / "kim" / NB, fresh, loop), timeout=6)
+    assert used == ["spawn", "spawn"]
+    assert _status(r) == {"reinforce_estimator": "passed", "ppo_clip_loss": "failed"}, r["exercises"]
+    assert "01b.2" in r["exercises"]["ppo_clip_loss"]["message"] and "timed out after 6 s" in r["exercises"]["ppo_clip_loss"]["message"]
+    assert r["points"] == 2 and r["max_points"] == 4
+
+
 def test_an_input_is_never_written_over(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(grader, "_execute", lambda *a: pytest.fail("must refuse before executing"))
     path = _write(tmp_path / "work" / "alice" / NB, REINFORCE_OK, PPO_OK)
