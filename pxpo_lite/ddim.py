@@ -302,6 +302,7 @@ def ddim_step_logprob(
     _check_float("sample", sample)
     _check_like("model_output", model_output, sample)
     t = _timestep_int(scheduler, timestep)
+    sigma_min = sigma_min if as_real(sigma_min) is None else as_real(sigma_min)  # NumPy scalars are numbers
     if isinstance(sigma_min, bool) or not (isinstance(sigma_min, (int, float)) and math.isfinite(sigma_min) and sigma_min > 0):
         raise ValueError(f"sigma_min must be a finite number > 0 (the σ of a deterministic step's density), got {sigma_min!r}")
 

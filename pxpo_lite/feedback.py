@@ -41,7 +41,7 @@ from . import lora as lora_lib
 from .brush import check_heatmap
 from .checkpoint import base_fingerprint
 from .composite import base_trajectory, regenerate_mask, sample_composite
-from .config_checks import check_bool, check_number, check_positive_int
+from .config_checks import as_int, check_bool, check_number, check_positive_int
 from .keep import keep_weights_from_heatmap
 from .keep_ramp import check_ramp
 from .painted import change_stats, heatmap_to_advantages, warn_if_whole_image  # noqa: F401 (re-exported: notebooks import them from here)
@@ -86,20 +86,19 @@ class RefineConfig:
     def __post_init__(self):
         if self.lora_targets is not None:
             self.lora_targets = tuple(self.lora_targets)
+        # each number is stored as a Python int/float: np.float32(1e-3), np.int64(4) or a 0-d tensor is accepted
+        # (and the saved manifest stays plain JSON); a bool or a str is refused, naming the field
         for name in ("num_steps", "updates_per_round", "lora_rank"):
-            check_positive_int(f"RefineConfig.{name}", getattr(self, name))
-        check_number("RefineConfig.eta", self.eta, above=0, at_most=1)
-        check_number("RefineConfig.guidance_scale", self.guidance_scale, at_least=0, optional=True)
-        check_number("RefineConfig.learning_rate", self.learning_rate, above=0)
-        check_number("RefineConfig.clip_range", self.clip_range, above=0, optional=True)
-        check_number("RefineConfig.advantage_scale", self.advantage_scale, above=0)
-        check_number("RefineConfig.max_grad_norm", self.max_grad_norm, above=0, optional=True)
-        check_number("RefineConfig.keep_beta", self.keep_beta, at_least=0)
+            setattr(self, name, check_positive_int(f"RefineConfig.{name}", getattr(self, name)))
+        for name, bounds in (("eta", dict(above=0, at_most=1)), ("guidance_scale", dict(at_least=0, optional=True)),
+                             ("learning_rate", dict(above=0)), ("clip_range", dict(above=0, optional=True)),
+                             ("advantage_scale", dict(above=0)), ("max_grad_norm", dict(above=0, optional=True)),
+                             ("keep_beta", dict(at_least=0)), ("dislike_scale", dict(above=0))):
+            setattr(self, name, check_number(f"RefineConfig.{name}", getattr(self, name), **bounds))
         check_bool("RefineConfig.keep_liked", self.keep_liked)
         check_bool("RefineConfig.composite", self.composite)
-        check_ramp(self.keep_ramp, "RefineConfig.keep_ramp")
-        check_number("RefineConfig.dislike_scale", self.dislike_scale, above=0)
-        check_positive_int("RefineConfig.timestep_batch", self.timestep_batch, optional=True)
+        self.keep_ramp = check_ramp(self.keep_ramp, "RefineConfig.keep_ramp")
+        self.timestep_batch = check_positive_int("RefineConfig.timestep_batch", self.timestep_batch, optional=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RefineConfig":
@@ -204,8 +203,9 @@ class FeedbackSession:
                  progress: bool = False, overwrite: bool = False, _restore: dict | None = None):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be one str (one image), got {type(prompt).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if as_int(seed) is None:  # np.int64(3) is an int; a bool, 3.0 or "3" is not
             raise TypeError(f"seed must be an int, got {seed!r}")
+        seed = as_int(seed)
         self.prompt, self.seed = prompt, seed
         self.config = config if config is not None else RefineConfig()
         if not isinstance(self.config, RefineConfig):

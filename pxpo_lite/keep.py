@@ -46,6 +46,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .config_checks import as_real
 from .ddim import ddim_gaussian, ddim_step_logprob
 from .keep_ramp import ramp_weights
 from .lora import unwrap
@@ -107,9 +108,10 @@ def _heatmap_tensor(heatmap, name: str = "heatmap", low: float = -1.0) -> torch.
 
 
 def _check_outside(outside) -> float:
-    if isinstance(outside, bool) or not isinstance(outside, (int, float)) or not math.isfinite(outside) or outside < 0:
+    x = as_real(outside)  # NumPy scalars and 0-d arrays/tensors are numbers; a bool is not
+    if x is None or not math.isfinite(x) or x < 0:
         raise ValueError(f"outside must be a finite number >= 0 (the keep weight where feedback says nothing), got {outside!r}")
-    return float(outside)
+    return x
 
 
 def keep_weights_from_heatmap(heatmap, sample_size, keep_liked: bool = True, outside: float = 1.0,
@@ -167,12 +169,12 @@ class KeepTerm(NamedTuple):
 
 
 def check_beta(beta) -> float:
-    """β as a float; ValueError unless it is a finite number >= 0 (a 1-element tensor is accepted)."""
-    if isinstance(beta, torch.Tensor) and beta.numel() == 1:
-        beta = float(beta)
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
+    """β as a float; ValueError unless it is a finite number >= 0: an int/float, a NumPy scalar, a 0-d
+    array or a 1-element tensor (not a bool, not a str, not on the meta device)."""
+    x = as_real(beta.reshape(()) if isinstance(beta, torch.Tensor) and beta.numel() == 1 else beta)
+    if x is None or not math.isfinite(x) or x < 0:
         raise ValueError(f"beta must be a finite number >= 0 (the keep term's weight; 0 switches it off), got {beta!r}")
-    return float(beta)
+    return x
 
 
 def keep_term(mu: torch.Tensor, mu_ref: torch.Tensor, sigma, weights: torch.Tensor | None = None, beta: float = 1.0) -> KeepTerm:

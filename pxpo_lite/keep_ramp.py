@@ -21,15 +21,18 @@ import math
 
 import torch
 
+from .config_checks import as_real
+
 
 def check_ramp(ramp, name: str = "ramp") -> float | None:
     """``ramp`` as a float (pixels, > 0), or None (no ramp); ValueError naming ``name`` otherwise."""
     if ramp is None:
         return None
-    if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not math.isfinite(ramp) or ramp <= 0:
+    x = as_real(ramp)  # np.float32(4.0), np.int64(4), a 0-d array or tensor are numbers; a bool or str is not
+    if x is None or not math.isfinite(x) or x <= 0:
         raise ValueError(f"{name} must be None (a hard 0/1 keep edge) or a finite number of pixels > 0 "
                          f"(the distance over which the keep weight rises from 0 to 1 outside a disliked stroke), got {ramp!r}")
-    return float(ramp)
+    return x
 
 
 def distance_to_disliked(heatmap: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

@@ -38,6 +38,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from .config_checks import as_real
 from .rewards import check_images, check_reward, default_segmenter
 from .world import BACKGROUNDS, HAIR_COLOURS, PART_ID, PARTS, SHIRTS
 
@@ -247,9 +248,10 @@ class MultiChannelReward:
             if not isinstance(spec, (tuple, list)) or len(spec) != 2 or not callable(spec[0]):
                 raise ValueError(f"channel {name!r} must be (reward_fn, weight), got {spec!r}")
             fn, weight = spec
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            w = as_real(weight)  # NumPy scalars and 0-d arrays/tensors are numbers; a bool or str is not
+            if w is None or not math.isfinite(w):
                 raise ValueError(f"channel {name!r} has weight {weight!r}; it must be a finite number")
-            self.channels[name] = (fn, float(weight))
+            self.channels[name] = (fn, w)
         self.last_means: dict[str, torch.Tensor] = {}
         self.last_maps: dict[str, torch.Tensor] = {}
         self.__name__ = "multi(" + ", ".join(f"{w:g}·{n}" for n, (_, w) in self.channels.items()) + ")"

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from .config_checks import as_real
+from .config_checks import as_int, as_real
 from .ddim import check_eta, check_scheduler, ddim_step_logprob
 from .trajectory import Trajectory
 
@@ -216,11 +216,13 @@ def sample(
     """
     _check_scheduler_type(pipe)
     eta = check_eta(eta)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+    if as_int(num_steps) is None or as_int(num_steps) < 1:  # np.int64(4) is an int; a bool or 2.5 is not
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    num_steps = as_int(num_steps)
     prompts = _check_prompts(pipe, prompts)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (as_int(batch_size) is None or as_int(batch_size) < 1):
         raise ValueError(f"batch_size must be None (all prompts at once) or an int >= 1, got {batch_size!r}")
+    batch_size = None if batch_size is None else as_int(batch_size)
     if batch_size is not None and batch_size < len(prompts):
         if latents is not None:
             _check_latents(pipe, latents, len(prompts))

@@ -403,3 +403,31 @@ def test_nan_during_refinement_with_the_keep_term_stops_before_the_step(pipe, mo
     assert s.rounds == []
     for k, v in s.adapter_state().items():
         assert torch.equal(v, adapters[k])
+
+
+# -- NumPy scalars are numbers (issue 20) ------------------------------------------------------
+@pytest.mark.parametrize("value", [np.float64(2e-3), np.float32(2e-3), np.array(2e-3), torch.tensor(2e-3)])
+def test_refine_config_stores_numpy_scalars_as_python_numbers(value):
+    c = RefineConfig(learning_rate=value, keep_beta=value, keep_ramp=value, dislike_scale=value, eta=np.float32(1.0),
+                     num_steps=np.int64(4), timestep_batch=np.int32(2), guidance_scale=np.float64(1.0))
+    for name in ("learning_rate", "keep_beta", "keep_ramp", "dislike_scale", "eta", "guidance_scale"):
+        assert type(getattr(c, name)) is float, name
+    assert type(c.num_steps) is int and type(c.timestep_batch) is int and c.num_steps == 4
+    assert c.learning_rate == pytest.approx(2e-3) and json.dumps(RefineConfig.from_dict(json.loads(json.dumps(c.__dict__))).__dict__)
+    for field, bad in (("keep_ramp", True), ("keep_ramp", "4"), ("learning_rate", "1e-3"), ("num_steps", np.float64(4.0))):
+        with pytest.raises(ValueError, match=f"RefineConfig.{field}"):
+            RefineConfig(**{field: bad})
+
+
+def test_a_session_takes_numpy_numbers_and_saves_them_as_json(pipe, tmp_path):
+    """np.int64 num_steps used to pass RefineConfig and fail in sample(); np.float32 values could not be
+    written to session.json; np.int64 seed was 'not an int'."""
+    cfg = RefineConfig(**{**CFG, "num_steps": np.int64(4), "learning_rate": np.float32(1e-2)})
+    s = FeedbackSession(pipe, PROMPT, seed=np.int64(3), folder=tmp_path / "s", config=cfg)
+    assert s.seed == 3 and type(s.seed) is int
+    s.step(_maps()[0])
+    again = FeedbackSession.load(tmp_path / "s", pipe)
+    assert again.config.num_steps == 4 and again.seed == 3
+    for bad in (True, 3.0, "3"):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            FeedbackSession(pipe, PROMPT, seed=bad, config=cfg)

@@ -271,3 +271,15 @@ def test_trainer_keep_weights_per_sample_and_lora_reference():
     bad = _trainer(1.0, keep_weights=lambda im, p: torch.ones(len(im), 8, 8))
     with pytest.raises(ValueError, match=r"keep_weights returned \(2, 8, 8\).*\(2, 32, 32\)"):
         bad.train(1)
+
+
+@pytest.mark.parametrize("value", [np.float32(0.5), np.float64(0.5), np.array(0.5), torch.tensor(0.5)])
+def test_check_beta_and_outside_accept_numpy_numbers(value):
+    """Issue 20: np.float32 / 0-d arrays were refused as 'must be a finite number'."""
+    assert keep.check_beta(value) == 0.5 and type(keep.check_beta(value)) is float
+    assert keep.check_beta(np.int64(2)) == 2.0 and keep.check_beta(torch.tensor([0.5])) == 0.5  # 1 element: as before
+    w = keep.keep_weights_from_heatmap(np.zeros((4, 4), np.float32), (4, 4), outside=value, ramp=np.int64(2))
+    assert torch.allclose(w, torch.full((1, 4, 4), 0.5))
+    for bad in (True, np.bool_(True), "1", torch.tensor(1.0, device="meta"), np.array([1.0, 2.0])):
+        with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+            keep.check_beta(bad)

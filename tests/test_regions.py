@@ -186,3 +186,12 @@ def test_trainer_reports_each_channel_of_a_multi_channel_reward():
     assert rec["reward_mean"] == pytest.approx(total, rel=1e-5)
     plain = Trainer(copy.deepcopy(build_tiny_pipeline(0)), rewards.colour_reward_map, cfg, prompts=[world.all_prompts()[1]])
     assert not any(k.startswith("reward/") for k in plain.train(1)[-1])
+
+
+def test_multi_channel_weights_accept_numpy_numbers_not_bools(portraits):
+    """Issue 20: np.float32 / np.int64 weights were refused as 'must be a finite number'."""
+    mc = regions.MultiChannelReward({"a": (rewards.colour_reward_map, np.float32(0.5)), "b": (rewards.colour_reward_map, np.int64(2))})
+    assert mc.channels["a"][1] == 0.5 and type(mc.channels["b"][1]) is float and mc.__name__ == "multi(0.5·a, 2·b)"
+    for bad in (True, "1", np.array([1.0, 2.0])):
+        with pytest.raises(ValueError, match="channel 'a' has weight"):
+            regions.MultiChannelReward({"a": (rewards.colour_reward_map, bad)})

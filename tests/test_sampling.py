@@ -241,3 +241,15 @@ def test_guidance_below_one_is_applied_and_recorded(pipe):
 def test_latents_must_match_the_unet_sample_shape(pipe, shape, dtype, exc, message):
     with pytest.raises(exc, match=message):
         sample(pipe, PROMPTS, num_steps=2, latents=torch.zeros(shape, dtype=dtype), progress=False)
+
+
+def test_numpy_integers_are_ints_for_num_steps_and_batch_size(pipe):
+    """Issue 20: np.int64 (e.g. from a NumPy sweep) was refused as 'must be an int >= 1, got 4'."""
+    import numpy as np
+
+    a = sample(pipe, PROMPTS[:2], num_steps=np.int64(2), batch_size=np.int32(1), generator=g(0), progress=False)
+    b = sample(pipe, PROMPTS[:2], num_steps=2, batch_size=1, generator=g(0), progress=False)
+    assert a.num_steps == 2 and type(a.num_steps) is int and torch.equal(a.images, b.images)
+    for bad in (True, np.float64(2.0)):
+        with pytest.raises(ValueError, match="num_steps must be an int >= 1"):
+            sample(pipe, PROMPTS[:1], num_steps=bad, progress=False)
