@@ -36,6 +36,7 @@ import operator
 import torch
 
 from .config_checks import as_real
+from .devices import check_meta_mix, check_not_meta
 
 #: The σ used in the log-density of a **deterministic** step (σ_t = 0 exactly), and only there.
 #: With ``set_alpha_to_one=True`` (the tiny model, and "trailing" schedules generally) the last
@@ -90,6 +91,7 @@ def check_eta(eta) -> float:
 
 def _timestep_int(scheduler, timestep) -> int:
     if isinstance(timestep, torch.Tensor):
+        check_not_meta(timestep=timestep)
         if timestep.numel() != 1:
             raise ValueError(
                 f"timestep must be a single step (int or 0-d tensor), got a tensor of shape {tuple(timestep.shape)}; "
@@ -126,6 +128,7 @@ def _check_float(name: str, t: torch.Tensor) -> None:
 def _check_like(name: str, t, sample: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor shaped like sample {tuple(sample.shape)}, got {type(t).__name__}")
+    check_meta_mix(**{name: t, "sample": sample})  # all on 'meta' traces shapes; a mix would fail deep inside
     _check_float(name, t)
     if t.shape != sample.shape:
         raise ValueError(
@@ -184,10 +187,11 @@ def trainable_step_indices(scheduler, timesteps, eta: float) -> list[int]:
 
 def ddim_gaussian(scheduler, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, *, eta: float,
                   use_clipped_model_output: bool = False):
-    """Mean μ_t, true σ_t and x̂_0 of the DDIM step (no checks; float32; σ_t a 0-d tensor).
+    """Mean μ_t, true σ_t and x̂_0 of the DDIM step (no checks but a meta/real mix; float32; σ_t a 0-d tensor).
 
     Step numbers follow ``DDIMScheduler.step`` (diffusers 0.42.1).
     """
+    check_meta_mix(model_output=model_output, sample=sample)
     cfg = scheduler.config
     # 1.–2. previous timestep and ᾱ_t, ᾱ_{t−1}, as diffusers computes them
     a_t, a_prev = _alphas(scheduler, timestep, sample.device)
@@ -250,6 +254,7 @@ def ddim_step(scheduler, model_output: torch.Tensor, timestep, sample: torch.Ten
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std) -> torch.Tensor:
     """log N(x; μ, σ²) per element: −(x−μ)²/(2σ²) − log σ − ½ log 2π (float32)."""
+    check_meta_mix(x=x, mean=mean, std=std)
     std = torch.as_tensor(std, dtype=torch.float32, device=mean.device)
     return -((x.float() - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
 

@@ -76,6 +76,34 @@ def on_device_of(x, reference: torch.Tensor) -> torch.Tensor:
     return x.to(reference.device)
 
 
+_NO_VALUES = ("it has a shape but no values. Make it on a real device ('cpu' or 'cuda'); if it came from a model built "
+              "on 'meta', load that model's weights first (.to('cpu') cannot give a meta tensor values)")
+
+
+def check_not_meta(*, unless_on=None, **tensors) -> None:
+    """ValueError naming the first of ``tensors`` (``name=value``; non-tensors are skipped) on the 'meta'
+    device, where torch's own errors deep inside ("Cannot copy out of meta tensor", "Tensor.item() cannot
+    be called on meta tensors") name no argument. ``unless_on`` ``(name, tensor)``: nothing is checked when that
+    tensor is on 'meta' too, so a pure tensor function still traces shapes on 'meta' (its result stays there)."""
+    if unless_on is not None and unless_on[1].device.type == "meta":
+        return
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.device.type == "meta":
+            beside = f" but {unless_on[0]} is on {unless_on[1].device}" if unless_on is not None else ""
+            raise ValueError(f"{name} is a tensor on the 'meta' device (shape {tuple(t.shape)}){beside}: {_NO_VALUES}")
+
+
+def check_meta_mix(**tensors) -> None:
+    """ValueError unless ``tensors`` are all on 'meta' (shape-only tracing) or none is: a meta tensor in an
+    operation with a real one fails with torch's "Tensor on device cpu is not on the expected device meta"."""
+    given = [(n, t) for n, t in tensors.items() if isinstance(t, torch.Tensor)]
+    metas = [(n, t) for n, t in given if t.device.type == "meta"]
+    reals = [(n, t) for n, t in given if t.device.type != "meta"]
+    if metas and reals:
+        (name, t), (other, r) = metas[0], reals[0]
+        raise ValueError(f"{name} is a tensor on the 'meta' device (shape {tuple(t.shape)}) but {other} is on {r.device}: {_NO_VALUES}")
+
+
 def _is_cuda(device) -> bool:
     return torch.device(device).type == "cuda"
 

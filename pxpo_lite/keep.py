@@ -48,6 +48,7 @@ import torch
 
 from .config_checks import as_real
 from .ddim import ddim_gaussian, ddim_step_logprob
+from .devices import check_not_meta
 from .keep_ramp import ramp_weights
 from .lora import unwrap
 from .pixelwise import to_sample_grid
@@ -82,6 +83,7 @@ def gaussian_kl(mu: torch.Tensor, mu_ref: torch.Tensor, sigma) -> torch.Tensor:
     for name, t in (("mu", mu), ("mu_ref", mu_ref)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor (the step's mean, e.g. (B,C,h,w)), got {type(t).__name__}")
+    check_not_meta(mu=mu, mu_ref=mu_ref, sigma=sigma)
     if mu.shape != mu_ref.shape:
         raise ValueError(f"mu has shape {tuple(mu.shape)} but mu_ref has {tuple(mu_ref.shape)}; both are the same step's means")
     s = _check_sigma(sigma, mu)
@@ -93,6 +95,7 @@ def _heatmap_tensor(heatmap, name: str = "heatmap", low: float = -1.0) -> torch.
         heatmap = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))
     if not isinstance(heatmap, torch.Tensor):
         raise TypeError(f"{name} must be a NumPy array or torch tensor (H,W) or (B,H,W), got {type(heatmap).__name__}")
+    check_not_meta(**{name: heatmap})
     h = heatmap.detach().float()
     if h.ndim == 2:
         h = h[None]
@@ -153,6 +156,7 @@ def keep_weights_from_fn(fn, images: torch.Tensor, prompts, sample_size) -> torc
         got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
         raise ValueError(f"keep_weights returned {got}; it must return a tensor "
                          f"({len(images)}, {images.shape[-2]}, {images.shape[-1]}): one keep map per image, at image resolution")
+    check_not_meta(**{"the keep_weights function's map": w})
     if not torch.isfinite(w).all() or (w < 0).any():
         raise ValueError("keep_weights returned values that are NaN/inf or < 0; keep weights are >= 0 (1 = keep, 0 = free)")
     return to_sample_grid(w.detach().float(), sample_size)
@@ -194,6 +198,7 @@ def keep_term(mu: torch.Tensor, mu_ref: torch.Tensor, sigma, weights: torch.Tens
     else:
         if not isinstance(weights, torch.Tensor):
             raise TypeError(f"weights must be a torch.Tensor (B,h,w) on the sample grid, got {type(weights).__name__}")
+        check_not_meta(weights=weights)
         wt = weights.detach().to(device=kl.device, dtype=torch.float32)
         wt = wt[None] if wt.ndim == 2 else wt
         if wt.ndim != 3 or wt.shape[0] not in (1, B) or tuple(wt.shape[1:]) != (h, w):

@@ -26,6 +26,8 @@ from typing import Sequence
 
 import torch
 
+from .devices import check_not_meta
+
 
 def _check_log_probs(log_probs, name: str = "log_probs") -> torch.Tensor:
     if not isinstance(log_probs, torch.Tensor):
@@ -114,6 +116,7 @@ def check_reward_map(reward_map: torch.Tensor, images: torch.Tensor) -> torch.Te
         raise TypeError(f"reward_map must be a torch.Tensor (B,H,W), got {type(reward_map).__name__}")
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise ValueError(f"images must be a tensor (B,3,H,W), got {getattr(images, 'shape', type(images).__name__)}")
+    check_not_meta(reward_map=reward_map)
     B, _, H, W = images.shape
     if reward_map.ndim != 3 or tuple(reward_map.shape) != (B, H, W):
         raise ValueError(
@@ -157,6 +160,7 @@ def ddpo_surrogate(log_probs: torch.Tensor, rewards: torch.Tensor) -> torch.Tens
     if not isinstance(rewards, torch.Tensor) or rewards.shape != (lp.shape[0],):
         raise ValueError(f"rewards must be a tensor of shape ({lp.shape[0]},) (one per sample), got {getattr(rewards, 'shape', rewards)!r}")
     per_step = per_sample(lp)  # (B,T)
+    check_not_meta(unless_on=("log_probs", lp), rewards=rewards)  # rewards on 'meta' cannot move to a real device
     return (rewards.to(device=per_step.device, dtype=per_step.dtype) * per_step.sum(dim=1)).mean()
 
 
@@ -175,5 +179,6 @@ def pxpo_surrogate(log_probs: torch.Tensor, reward_map: torch.Tensor) -> torch.T
             f"reward_map must have shape ({B}, {h}, {w}) to match log_probs {tuple(log_probs.shape)}, got "
             f"{getattr(reward_map, 'shape', reward_map)!r}; map an image-resolution map with to_sample_grid(map, ({h}, {w}))."
         )
+    check_not_meta(unless_on=("log_probs", lp), reward_map=reward_map)  # a map on 'meta' cannot move to a real device
     weighted = reward_map.to(device=lp.device, dtype=lp.dtype)[:, None, None] * lp  # (B,T,C,h,w): δ-matched pixel credit
     return weighted.mean(dim=(-3, -2, -1)).sum(dim=1).mean()

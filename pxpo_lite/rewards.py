@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .devices import check_not_meta
 from .models import load_segmenter
 
 RewardFn = Callable[..., torch.Tensor]
@@ -49,6 +50,7 @@ def check_images(images) -> torch.Tensor:
     """Images must be a finite float tensor (B,3,H,W) in [0,1] (a tolerance of 1e-3 for rounding)."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor (B,3,H,W) in [0,1], got {type(images).__name__}")
+    check_not_meta(images=images)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B,3,H,W) in [0,1], got shape {tuple(images.shape)}")
     if not images.is_floating_point():
@@ -79,6 +81,7 @@ def check_reward(reward, images, kind: str | None = None, name: str = "reward", 
     """
     if not isinstance(reward, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (B,) or (B,H,W), got {type(reward).__name__}")
+    check_not_meta(**{name: reward})
     if kind not in (None, "scalar", "map"):
         raise ValueError(f"kind must be None, 'scalar' or 'map', got {kind!r}")
     if images is None:

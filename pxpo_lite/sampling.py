@@ -24,9 +24,13 @@ import math
 from typing import NamedTuple
 
 import torch
+from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
 
 from .config_checks import as_int, as_real
 from .ddim import check_eta, check_scheduler, ddim_step_logprob
+from .devices import check_not_meta
 from .trajectory import Trajectory
 
 __all__ = ["Trajectory", "sample", "step_log_prob", "step_log_probs", "step_inputs", "StepInputs", "rescore", "model_output", "stacked_model_output", "initial_latents", "decode",
@@ -96,8 +100,6 @@ def pipeline_device(pipe) -> torch.device:
 
 def initial_latents(pipe, batch_size: int, generator=None) -> torch.Tensor:
     """x_T ~ N(0, σ_init² I) in the UNet's sample space, drawn as the diffusers pipelines draw it."""
-    from diffusers.utils.torch_utils import randn_tensor
-
     x = randn_tensor(_sample_shape(pipe, batch_size), generator=generator, device=pipeline_device(pipe), dtype=unet_dtype(pipe))
     return x * pipe.scheduler.init_noise_sigma
 
@@ -170,8 +172,6 @@ log-probs to 1e-5), for the cost
 
 
 def _progress(iterable, progress: bool, desc: str):
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, disable=not progress, desc=desc, leave=False)
 
 
@@ -275,6 +275,7 @@ def _check_latents(pipe, latents, batch_size: int) -> None:
     expected = _sample_shape(pipe, batch_size)
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"latents must be x_T, a torch.Tensor of shape {expected}, got {type(latents).__name__}")
+    check_not_meta(latents=latents)
     if tuple(latents.shape) != expected:
         raise ValueError(
             f"latents must be x_T of shape {expected} (B=len(prompts), C=unet.config.in_channels, "
@@ -286,8 +287,6 @@ def _check_latents(pipe, latents, batch_size: int) -> None:
 
 
 def _check_scheduler_type(pipe) -> None:
-    from diffusers import DDIMScheduler
-
     if not isinstance(pipe.scheduler, DDIMScheduler):
         raise TypeError(
             f"pipe.scheduler must be a DDIMScheduler, got {type(pipe.scheduler).__name__}; "
@@ -311,9 +310,9 @@ def sync_scheduler(pipe, traj: Trajectory):
     return s
 
 
-
 def _check_step_index(traj: Trajectory, step_index) -> int:
     T = traj.num_steps
+    check_not_meta(step_index=step_index)
     if isinstance(step_index, torch.Tensor) and step_index.numel() == 1:
         step_index = int(step_index)
     if hasattr(step_index, "__index__") and not isinstance(step_index, bool):
@@ -355,6 +354,7 @@ def step_inputs(pipe, traj: Trajectory, step_indices, sample_idx=None) -> StepIn
     stored inputs for the samples ``sample_idx`` (default: all) — what re-scoring needs."""
     if not isinstance(traj, Trajectory):
         raise TypeError(f"traj must be a pxpo_lite.Trajectory (from pxpo_lite.sample), got {type(traj).__name__}")
+    check_not_meta(sample_idx=sample_idx, **{f"traj.{k}": getattr(traj, k) for k in ("latents", "timesteps", "prompt_embeds")})
     steps = [_check_step_index(traj, i) for i in step_indices]
     if not steps:
         raise ValueError("step_indices is empty: give at least one stored step index")

@@ -393,6 +393,18 @@ BAD_INPUTS += [
     BadInput("config_checks", "a meta-device tensor as a number",
              lambda: __import__("pxpo_lite.config_checks", fromlist=["x"]).check_number("clip_range", torch.empty((), device="meta"), above=0),
              ValueError, r"clip_range must be a finite number > 0, got tensor\(.*meta"),
+    BadInput("ddim", "a meta-device model_output with a real sample",
+             lambda: ddim.ddim_step_logprob(_scheduler(), torch.zeros((1, 3, 4, 4), device="meta"), _scheduler().timesteps[0], _x(), eta=1.0),
+             ValueError, r"model_output is a tensor on the 'meta' device \(shape \(1, 3, 4, 4\)\) but sample is on cpu: it has a shape but no values"),
+    BadInput("pixelwise", "a meta-device reward map with real log-probs",
+             lambda: pixelwise.pxpo_surrogate(_lp(), torch.zeros((2, 4, 4), device="meta")),
+             ValueError, r"reward_map is a tensor on the 'meta' device .* but log_probs is on cpu"),
+    BadInput("rewards", "meta-device images to a reward",
+             lambda: rewards.colour_reward_map(torch.zeros((2, 3, 8, 8), device="meta")),
+             ValueError, r"images is a tensor on the 'meta' device \(shape \(2, 3, 8, 8\)\): it has a shape but no values"),
+    BadInput("sampling", "a step_index tensor on the meta device",
+             lambda: sampling.step_log_prob(_pipe(), _traj(), torch.tensor(0, device="meta")),
+             ValueError, r"step_index is a tensor on the 'meta' device"),
 ]
 
 

@@ -170,11 +170,93 @@ def test_public_loaders_take_a_device():
     ("pixelwise.per_sample", pixelwise.per_sample, [(2, 5, 4, 8, 8)], (2, 5)),
     ("pixelwise.pxpo_surrogate", pixelwise.pxpo_surrogate, [(2, 5, 4, 8, 8), (2, 8, 8)], ()),
     ("pixelwise.ddpo_surrogate", pixelwise.ddpo_surrogate, [(2, 5, 4, 8, 8), (2,)], ()),
+    ("ddim.gaussian_log_prob", lambda x, m: __import__("pxpo_lite.ddim").ddim.gaussian_log_prob(x, m, 0.5), [(2, 4, 8, 8)] * 2, (2, 4, 8, 8)),
 ])
 def test_tensor_functions_stay_on_their_inputs_device(name, fn, args, shape):
     out = fn(*[torch.zeros(s, device=META) for s in args])
     assert out.device == META, f"{name} moved its result to {out.device}"
     assert tuple(out.shape) == shape
+
+
+# -- a meta tensor among real inputs is named, not torch's raw error (issue 20) ----------------
+def _m(*shape):
+    return torch.zeros(*shape, device=META)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import copy
+
+    from pxpo_lite import build_tiny_pipeline, sampling, world
+
+    pipe = build_tiny_pipeline(seed=0)
+    sch = copy.deepcopy(pipe.scheduler)
+    sch.set_timesteps(10)
+    traj = sampling.sample(pipe, world.all_prompts()[:2], num_steps=2, generator=torch.Generator().manual_seed(0), progress=False)
+    return pipe, sch, traj
+
+
+def _meta_cases(pipe, sch, traj):
+    from dataclasses import replace
+
+    from pxpo_lite import ddim, keep, sampling
+
+    t0, x = int(sch.timesteps[0]), torch.zeros(1, 3, 4, 4)
+    return [
+        ("ddim.ddim_step: model_output", lambda: ddim.ddim_step(sch, _m(1, 3, 4, 4), t0, x, eta=1.0), r"model_output .*'meta'.* but sample is on cpu"),
+        ("ddim.ddim_step_logprob: prev_sample", lambda: ddim.ddim_step_logprob(sch, x, t0, x, eta=1.0, prev_sample=_m(1, 3, 4, 4)),
+         r"prev_sample .*'meta'.* but sample is on cpu"),
+        ("ddim.ddim_step_logprob: variance_noise", lambda: ddim.ddim_step_logprob(sch, x, t0, x, eta=1.0, variance_noise=_m(1, 3, 4, 4)),
+         r"variance_noise .*'meta'"),
+        ("ddim: a meta timestep", lambda: ddim.ddim_step(sch, x, torch.tensor(t0, device=META), x, eta=1.0), r"timestep is a tensor on the 'meta'"),
+        ("ddim.gaussian_log_prob: mean", lambda: ddim.gaussian_log_prob(x, _m(1, 3, 4, 4), 1.0), r"mean .*'meta'.* but x is on cpu"),
+        ("pixelwise.pxpo_surrogate: reward_map", lambda: pixelwise.pxpo_surrogate(torch.zeros(2, 3, 4, 4), _m(2, 4, 4)),
+         r"reward_map .*'meta'.* but log_probs is on cpu"),
+        ("pixelwise.ddpo_surrogate: rewards", lambda: pixelwise.ddpo_surrogate(torch.zeros(2, 3, 4, 4), _m(2)), r"rewards .*'meta'"),
+        ("pixelwise.check_reward_map", lambda: pixelwise.check_reward_map(_m(2, 8, 8), torch.rand(2, 3, 8, 8)), r"reward_map .*'meta'"),
+        ("sampling.sample: latents", lambda: sampling.sample(pipe, traj.prompts, num_steps=2, latents=_m(2, 3, 32, 32), progress=False),
+         r"latents is a tensor on the 'meta'"),
+        ("sampling.step_log_prob: step_index", lambda: sampling.step_log_prob(pipe, traj, torch.tensor(0, device=META)), r"step_index .*'meta'"),
+        ("sampling.step_log_prob: sample_idx", lambda: sampling.step_log_prob(pipe, traj, 0, torch.tensor([0], device=META)), r"sample_idx .*'meta'"),
+        ("sampling.rescore: a meta trajectory", lambda: sampling.rescore(pipe, replace(traj, latents=traj.latents.to(META))), r"traj.latents .*'meta'"),
+        ("keep.gaussian_kl: sigma", lambda: keep.gaussian_kl(x, x, torch.tensor(1.0, device=META)), r"sigma is a tensor on the 'meta'"),
+        ("keep.keep_term: weights", lambda: keep.keep_term(x, x, 1.0, weights=_m(1, 4, 4)), r"weights is a tensor on the 'meta'"),
+        ("keep.keep_weights_from_heatmap", lambda: keep.keep_weights_from_heatmap(_m(8, 8), (4, 4)), r"heatmap is a tensor on the 'meta'"),
+        ("keep.keep_weights_from_fn", lambda: keep.keep_weights_from_fn(lambda im, p: _m(2, 8, 8), torch.rand(2, 3, 8, 8), None, (4, 4)),
+         r"keep_weights function's map .*'meta'"),
+        ("keep.step_means: a meta trajectory", lambda: keep.step_means(pipe, replace(traj, prompt_embeds=traj.prompt_embeds.to(META)), 0),
+         r"traj.prompt_embeds .*'meta'"),
+        ("rewards.colour_reward_map", lambda: rewards.colour_reward_map(_m(2, 3, 8, 8)), r"images is a tensor on the 'meta'"),
+        ("rewards.hair_reward_map", lambda: rewards.hair_reward_map(_m(2, 3, 8, 8)), r"images is a tensor on the 'meta'"),
+        ("rewards.check_reward", lambda: rewards.check_reward(_m(2), torch.rand(2, 3, 8, 8)), r"reward is a tensor on the 'meta'"),
+    ]
+
+
+def test_a_meta_tensor_input_is_named_with_the_fix(tiny):
+    """Each of these failed deep inside torch ("Cannot copy out of meta tensor", "Tensor.item() cannot be
+    called on meta tensors", "Tensor on device cpu is not on the expected device meta") naming no argument."""
+    failed = []
+    for name, call, words in _meta_cases(*tiny):
+        try:
+            call()
+            failed.append(f"{name}: nothing raised")
+        except ValueError as e:
+            if not __import__("re").search(words, str(e)) or "no values" not in str(e):
+                failed.append(f"{name}: {e}")
+        except Exception as e:  # noqa: BLE001 - torch's raw error is the failure this test reports
+            failed.append(f"{name}: {type(e).__name__}: {e}")
+    assert not failed, "\n".join(failed)
+
+
+def test_all_meta_inputs_still_trace_shapes_through_the_ddim_step(tiny):
+    """A pure tensor function keeps its input's device: with every input on 'meta' nothing is refused."""
+    from pxpo_lite import ddim
+
+    _, sch, _ = tiny
+    prev, lp = ddim.ddim_step_logprob(sch, _m(1, 3, 4, 4), int(sch.timesteps[0]), _m(1, 3, 4, 4), eta=1.0)
+    assert prev.device == META and lp.device == META and lp.shape == (1, 3, 4, 4)
+    assert ddim.ddim_step(sch, _m(1, 3, 4, 4), int(sch.timesteps[0]), _m(1, 3, 4, 4), eta=1.0).device == META
+    assert pixelwise.pxpo_surrogate(_m(2, 3, 4, 4), torch.zeros(2, 4, 4)).device == META  # a CPU map moves to the log-probs
 
 
 # -- LoRA on a float16 Stable Diffusion UNet --------------------------------------------------
