@@ -26,7 +26,12 @@ to its **advantage** A = (r − baseline) / scale: better than usual → more li
   With constant maps r_b[i,j] = r_b this reduces *exactly* to the scalar advantages above, so
   DDPO is PXPO with constant maps (tested).
 
-**No signal** (both kinds). Normalising by the std turns *any* difference into advantages of
+* **Groups (GRPO, Flow-GRPO)**: G samples of each prompt, normalised by the statistics of their
+  own group in the current batch, nothing carried over (:class:`GroupStatTracker`,
+  :func:`group_advantages`, :func:`group_pixel_advantages` — maps by the same per-pixel-mean,
+  one-std rule). A group of one sample is an error.
+
+**No signal** (all kinds). Normalising by the std turns *any* difference into advantages of
 size ~1, however small, so a group whose rewards differ only by noise would be trained on that
 noise. The rule, relative to the rewards' own scale::
 
@@ -275,3 +280,96 @@ def spread_advantages(advantages: torch.Tensor, weight_map: torch.Tensor) -> tor
     if not isinstance(weight_map, torch.Tensor) or weight_map.ndim != 3 or len(weight_map) != len(advantages):
         raise ValueError(f"weight_map must be (B={len(advantages)}, h, w), got {getattr(weight_map, 'shape', type(weight_map).__name__)}")
     return advantages[:, None, None] * weight_map.to(device=advantages.device, dtype=advantages.dtype)
+
+
+class GroupStatTracker:
+    """GRPO's statistics (Shao et al. 2024; Flow-GRPO): each prompt's **group** in the current batch only.
+
+    ``update(prompts, rewards)`` groups the samples by prompt (G ≥ 2 samples per prompt; a group of
+    1 is a ValueError: it has no spread to normalise by) and returns (not clipped)::
+
+        A_b = (r_b − mean_group) / (std_group + ε)           scalars (B,)
+        A_b[i,j] = (r_b[i,j] − m[i,j]) / (s + ε)             maps (B,H,W): per-pixel group mean m,
+                                                             one scalar std s of the group's centred values
+
+    — the group's own statistics, nothing carried over from earlier batches (unlike
+    :class:`PerPromptStatTracker`). Constant maps give exactly the scalar advantages. With
+    ``global_std=True`` the std is that of all rewards of the batch (flow_grpo's ``sample.global_std``;
+    verl-omni's ``algorithm.global_std``), the mean still the group's. A group whose rewards are
+    equal up to noise (:func:`no_signal`) gets zeros and a :class:`NoSignalWarning`.
+    """
+
+    def __init__(self, global_std: bool = False, eps: float = EPS, rel_tol: float = REL_TOL):
+        if not isinstance(global_std, bool):
+            raise ValueError(f"global_std must be True or False, got {global_std!r}")
+        PerPromptStatTracker(None, 0, eps, rel_tol)  # the same checks of eps and rel_tol
+        self.global_std, self.eps, self.rel_tol = global_std, eps, rel_tol
+        self.last_groups = 0
+
+    def update(self, prompts: Sequence[str], rewards) -> torch.Tensor:
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            raise TypeError(f"prompts must be a list of str (one per sample), got {type(prompts).__name__}")
+        device = rewards.device if isinstance(rewards, torch.Tensor) else "cpu"
+        r64 = _as_float64(rewards)
+        if r64.ndim in (1, 3) and len(prompts) != len(r64):
+            raise ValueError(f"got {len(r64)} rewards but {len(prompts)} prompts; pass one prompt per reward")
+        check_reward(r64, None, name="rewards", prompts=list(prompts))
+        r, prompts = r64.numpy(), list(prompts)
+        groups = {p: np.array([i for i, q in enumerate(prompts) if q == p]) for p in dict.fromkeys(prompts)}
+        single = [p for p, idx in groups.items() if len(idx) < 2]
+        if single:
+            raise ValueError(
+                f"GRPO normalises each prompt's rewards within its group, but {len(single)} prompt(s) have a group of 1 "
+                f"sample (e.g. {single[0]!r}): one sample has no spread. Sample every prompt G >= 2 times "
+                "(FlowTrainer(group_size=G); flow_grpo's sample.num_image_per_prompt, verl-omni's rollout.n)")
+        adv = np.zeros_like(r)
+        all_std, all_scale = float(r.std()), float(np.abs(r).max())
+        silent = []
+        for p, idx in groups.items():
+            mean, std, scale = PerPromptStatTracker._stats(r[idx])
+            if no_signal(std, scale, self.eps, self.rel_tol) or (
+                    self.global_std and no_signal(all_std, all_scale, self.eps, self.rel_tol)):
+                silent.append(p)
+            else:
+                adv[idx] = (r[idx] - mean) / ((all_std if self.global_std else std) + self.eps)
+        self.last_groups = len(groups)
+        if silent:
+            warnings.warn(
+                f"no reward signal in {len(silent)} of {len(groups)} group(s) (rewards equal up to noise: std <= "
+                f"{self.eps:g} + {self.rel_tol:g} × max|reward|), e.g. {silent[0]!r}: their advantages are 0 and they "
+                "teach nothing (flow_grpo logs this share as zero_std_ratio).", NoSignalWarning, stacklevel=2)
+        return torch.as_tensor(adv, dtype=torch.float32, device=device)
+
+    def stats(self) -> dict:
+        return {"groups": self.last_groups}
+
+    def clear(self) -> None:
+        self.last_groups = 0
+
+    def state_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Nothing is carried between batches: the settings only."""
+        return {"kind": "group", "global_std": self.global_std, "eps": self.eps, "rel_tol": self.rel_tol}, {}
+
+    def load_state_dict(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        if meta.get("kind") != "group":
+            raise ValueError("the saved stat tracker is a per-prompt buffer, not GRPO's group statistics")
+        self.global_std, self.eps, self.rel_tol = bool(meta["global_std"]), meta["eps"], meta["rel_tol"]
+
+
+def group_advantages(rewards, prompts: Sequence[str], clip_max: float | None = 5.0, global_std: bool = False) -> torch.Tensor:
+    """GRPO advantages (B,): each reward normalised within its prompt's group (:class:`GroupStatTracker`), clipped."""
+    r = rewards if isinstance(rewards, torch.Tensor) else _as_float64(rewards)
+    if r.ndim != 1:
+        raise ValueError(f"rewards must be (B,) for group advantages, got shape {tuple(r.shape)}; "
+                         "for reward maps use group_pixel_advantages")
+    return clip_advantages(GroupStatTracker(global_std).update(prompts, r), clip_max)
+
+
+def group_pixel_advantages(reward_maps, prompts: Sequence[str], clip_max: float | None = 5.0,
+                           global_std: bool = False) -> torch.Tensor:
+    """Per-pixel GRPO advantages (B,H,W): each map minus its group's per-pixel mean map, over the group's
+    one scalar std (:class:`GroupStatTracker`), clipped. Constant maps give :func:`group_advantages`."""
+    m = reward_maps if isinstance(reward_maps, torch.Tensor) else _as_float64(reward_maps, "reward_maps")
+    if m.ndim != 3:
+        raise ValueError(f"reward_maps must be (B,H,W), got shape {tuple(m.shape)}; for scalar rewards (B,) use group_advantages")
+    return clip_advantages(GroupStatTracker(global_std).update(prompts, m), clip_max)

@@ -7,7 +7,8 @@ call :func:`policy_gradient_step`. One call is one optimiser step (docs/paper.md
 
 1. for every (samples, timestep index) pair: **re-score** the stored transition x_t → x_{t−1}
    under the current weights, with gradients (:func:`pxpo_lite.sampling.step_log_probs`:
-   ``timestep_batch`` timesteps of one micro-batch share one UNet forward);
+   ``timestep_batch`` timesteps of one micro-batch share one UNet forward; for a flow trajectory
+   :func:`pxpo_lite.flow_sampling.step_log_probs`, Flow-GRPO's SDE step);
 2. the **per-step loss** (:func:`step_loss`): ``ddpo_loss`` (one advantage per sample, (b,)) or
    ``pxpo_loss`` (one advantage per element of the sample grid, (b,h,w)), plus the optional
    per-pixel **keep term** β·mean(w·(μ_θ − μ_ref)²/(2σ_t²)) (:class:`Keep`, :mod:`pxpo_lite.keep`:
@@ -98,6 +99,21 @@ class Keep:
 # --------------------------------------------------------------------------------------------
 # Which steps carry a policy
 # --------------------------------------------------------------------------------------------
+def _is_flow(scheduler) -> bool:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
+
+
+def _scorers(traj):
+    """(step_log_probs, steps_means) for ``traj``: the SDE step's for a flow trajectory, DDIM's otherwise."""
+    from . import flow_sampling  # imports pxpo_lite.flow, which imports the trainer: not at module level
+
+    if isinstance(traj, flow_sampling.FlowTrajectory):
+        return flow_sampling.step_log_probs, flow_sampling.steps_means
+    return step_log_probs, keep_lib.steps_means
+
+
 def schedule(pipe, num_steps: int):
     """A copy of ``pipe.scheduler`` set to ``num_steps`` DDIM steps (the pipeline's own is left as it is)."""
     from diffusers import DDIMScheduler  # heavy import, only needed for the type check
@@ -118,6 +134,8 @@ def trainable_steps(pipe, num_steps: int, eta: float) -> list[int]:
     Raises ValueError when there is none (e.g. ``num_steps=1`` on a "trailing" schedule whose
     only step is deterministic): a policy gradient would then train nothing.
     """
+    if _is_flow(pipe.scheduler):  # Flow-GRPO's SDE: every step has σ_t > 0 (pxpo_lite.flow)
+        return list(range(check_positive_int("num_steps", num_steps)))
     s = schedule(pipe, num_steps)
     steps = trainable_step_indices(s, s.timesteps, eta)
     if not steps:
@@ -299,6 +317,7 @@ def policy_gradient_step(
     clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
     params = list(params)
     infos = []
+    score, means = _scorers(traj)
     optimizer.zero_grad(set_to_none=True)
     try:
         for group in group_pairs(pairs, timestep_batch):
@@ -308,11 +327,11 @@ def policy_gradient_step(
             idx, steps = group[0][0], [i for _, i in group]
             with autocast():
                 if use_keep:
-                    pols = keep_lib.steps_means(pipe, traj, steps, idx)
-                    refs = keep_lib.steps_means(pipe, traj, steps, idx, reference=True, reference_unet=keep.reference_unet)
+                    pols = means(pipe, traj, steps, idx)
+                    refs = means(pipe, traj, steps, idx, reference=True, reference_unet=keep.reference_unet)
                     lps = [pol.log_prob.float() for pol in pols]
                 else:
-                    lps = [lp.float() for lp in step_log_probs(pipe, traj, steps, idx)]
+                    lps = [lp.float() for lp in score(pipe, traj, steps, idx)]
             adv = advantages[idx.to(advantages.device)].to(lps[0].device)  # the micro-batch's advantages, once per group
             group_loss = 0.0
             for k, (lp, i) in enumerate(zip(lps, steps)):
