@@ -11,6 +11,9 @@ from .sampling import Trajectory, sample, step_log_prob, step_log_probs, rescore
 from . import pixelwise
 from .losses import ddpo_loss, pxpo_loss
 from .trainer import TrainConfig, Trainer
+from . import flow
+from .flow import FlowTrainer, sde_step_logprob
+from .flow_sampling import FlowTrajectory, sample_flow
 from .feedback import FeedbackSession
 
 __version__ = "0.2.0"
