@@ -27,7 +27,7 @@ class TrainConfig:
     advantage_map: str = "reward"  # per-pixel methods: "reward" (each pixel's advantage from its own reward) or "uninformed" (a control: the image's scalar advantage × a smooth random map of mean 1, advantages.uninformed_map)
     clip_range: float | None = None  # None: score-function (REINFORCE) loss; a number ε: PPO-clipped ratio (DDPO: 1e-4)
     num_steps: int = 20  # DDIM steps T per trajectory
-    eta: float = 1.0  # DDIM noise weight in (0, 1]; > 0 so that each step is a Gaussian policy with a log-prob
+    eta: float = 1.0  # DDIM noise weight in (0, 1]; > 0 so that each step is a Gaussian policy with a log-prob (flow.FlowTrainer: Flow-GRPO's noise level a)
     guidance_scale: float | None = None  # classifier-free guidance w; None: the pipeline's default (tiny 1.0, SD 5.0)
     samples_per_epoch: int = 32  # trajectories sampled per epoch, summed over all processes
     sample_batch_size: int = 16  # trajectories per sampling call, per process
