@@ -30,7 +30,8 @@ The painted map becomes per-pixel advantages in :mod:`pxpo_lite.feedback`.
 Introduced in ``notebooks/06_human_feedback_canvas.ipynb``.
 
 Works in JupyterLab 4 / Notebook 7 (ipywidgets 8) and in Colab (ipywidgets 7 + Colab's custom
-widget manager, which anywidget turns on itself). This module imports torch lazily.
+widget manager, which anywidget turns on itself). This module never imports torch (it runs beside
+anywidget alone: a tensor is recognised by its ``detach`` method).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from typing import Callable, Sequence
 import anywidget
 import numpy as np
 import traitlets
+from PIL import Image
 
 from .brush import apply_stroke, brush_weights, check_heatmap, check_heatmap_list, heatmap_to_list, list_to_heatmap  # noqa: F401 (re-exported)
 
@@ -98,8 +100,6 @@ def image_to_array(image) -> np.ndarray:
 
 def array_to_png_data_url(image: np.ndarray) -> str:
     """(3,H,W) float in [0,1] -> 'data:image/png;base64,...' at native resolution."""
-    from PIL import Image
-
     rgb = (np.clip(image.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(rgb, "RGB").save(buf, format="PNG")

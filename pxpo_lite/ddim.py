@@ -34,6 +34,8 @@ import math
 import operator
 
 import torch
+from diffusers import DDIMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 
 from .config_checks import as_real
 from .devices import check_meta_mix, check_not_meta
@@ -57,8 +59,6 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 # --------------------------------------------------------------------------------------------
 def check_scheduler(scheduler) -> None:
     """Raise unless ``scheduler`` is a diffusers ``DDIMScheduler`` whose timesteps are set."""
-    from diffusers import DDIMScheduler
-
     if not isinstance(scheduler, DDIMScheduler):
         raise TypeError(
             f"scheduler must be a diffusers DDIMScheduler, got {type(scheduler).__name__}. "
@@ -245,8 +245,6 @@ def ddim_step(scheduler, model_output: torch.Tensor, timestep, sample: torch.Ten
     t = _timestep_int(scheduler, timestep)
     mean, sigma, _ = ddim_gaussian(scheduler, model_output, t, sample, eta=eta)
     if eta > 0:
-        from diffusers.utils.torch_utils import randn_tensor
-
         noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
         mean = mean + sigma * noise.float()
     return mean.to(sample.dtype)
@@ -317,8 +315,6 @@ def ddim_step_logprob(
         if variance_noise is not None and generator is not None:
             raise ValueError("pass either generator or variance_noise, not both")
         if variance_noise is None:
-            from diffusers.utils.torch_utils import randn_tensor
-
             # Same call as DDIMScheduler.step, so the generator advances identically.
             variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                           dtype=model_output.dtype)

@@ -20,6 +20,7 @@ import torch
 
 from . import fidelity, models, world
 from .files import atomic_write, atomic_write_json, sha256_file
+from .plotting import image_grid
 from .pretrain import HELDOUT_WORLD_SEED, evaluate_segmenter
 from .rewards import default_segmenter
 from .sampling import sample
@@ -89,8 +90,6 @@ def main(argv=None):
         report["by_guidance"][str(gs)] = fid
         print(f"guidance {gs}: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in fid.items() if k != "n"))
         if gs == args.guidance[0]:
-            from .plotting import image_grid
-
             fig = image_grid(images[:32], prompts[:32], ncols=8, suptitle="tiny model samples (held-out prompts and seeds)")
             atomic_write(args.out / GRID, lambda f: fig.savefig(f, dpi=90, format="png"))
             report["files"] = {GRID: sha256_file(args.out / GRID)}

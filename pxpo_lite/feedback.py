@@ -36,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import lora as lora_lib
 from .brush import check_heatmap
@@ -128,8 +129,6 @@ def pxpo_refine(pipe, traj, advantages: torch.Tensor, params: Sequence[torch.nn.
     base model: LoRA adapters off). A NaN/inf stops with :class:`~pxpo_lite.update.TrainingError`
     before the step (weights untouched). Returns diagnostics (``keep_kl*_last`` with the keep term).
     """
-    from tqdm.auto import tqdm
-
     params = list(params)
     opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     steps = trainable_steps(pipe, traj.num_steps, traj.eta)

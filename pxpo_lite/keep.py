@@ -45,6 +45,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from .config_checks import as_real
 from .ddim import ddim_gaussian, ddim_step_logprob
@@ -236,8 +237,6 @@ def adapters_disabled(unet: torch.nn.Module):
     ``requires_grad``; every parameter's flag and each layer's on/off state are restored on
     exit, also when the block raises.
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer  # peft: optional until LoRA is used
-
     model = unwrap(unet)
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
     if not layers:

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 
 def to_numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -26,8 +27,6 @@ def to_numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def to_pil(image: torch.Tensor | np.ndarray, scale: int = 1):
     """(3,H,W) in [0,1] -> PIL image, optionally enlarged ``scale``× with crisp pixels."""
-    from PIL import Image
-
     arr = (to_numpy_image(image) * 255).round().astype(np.uint8)
     im = Image.fromarray(arr)
     if scale != 1:
@@ -57,7 +56,7 @@ def image_grid(
     shorten: bool = True,
 ):
     """Show images (B,3,H,W) in a grid, each with an optional (prompt) title. Returns the figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: only when plotting (import pxpo_lite does not load it)
 
     n = len(images)
     ncols = max(1, min(ncols, n))
@@ -92,7 +91,7 @@ def heatmap_grid(
 
     ``symmetric=True`` centres the colour scale at 0 (red = negative, blue = positive with RdBu).
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: only when plotting (import pxpo_lite does not load it)
 
     maps = maps.detach().float().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps, dtype=np.float32)
     if maps.ndim != 3 or maps.shape[0] != len(images):
@@ -140,7 +139,7 @@ def plot_reward_curve(runs, ax=None, x: str = "n_samples", label: str | None = N
     epoch — or several runs (list of lists) — band = ±1 std *across* runs
     (:func:`curve_with_band`). Returns the axes.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: only when plotting (import pxpo_lite does not load it)
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.2))

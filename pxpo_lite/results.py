@@ -39,7 +39,7 @@ def record(name: str, value: Any) -> Any:
     plain = _plain(value)
     text = f"{name} = {json.dumps(plain) if not isinstance(plain, str) else plain}"
     try:
-        from IPython.display import display
+        from IPython.display import display  # IPython: not a dependency; plain Python prints instead
 
         display({MIME: {"name": name, "value": plain}, "text/plain": text}, raw=True)
     except ImportError:  # plain Python: just print

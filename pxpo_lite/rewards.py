@@ -32,9 +32,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .devices import check_not_meta
 from .models import load_segmenter
+from .world import PART_ID
 
 RewardFn = Callable[..., torch.Tensor]
 
@@ -181,8 +183,6 @@ def blue_reward(images: torch.Tensor, prompts: Sequence[str] | None = None) -> t
 # --------------------------------------------------------------------------------------------
 def jpeg_size_kb(images: torch.Tensor, quality: int = 95) -> torch.Tensor:
     """(B,) size in kB (1000 bytes) of each image saved as JPEG at ``quality`` (as ddpo-pytorch)."""
-    from PIL import Image
-
     images = check_images(images)
     arr = (images.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     sizes = []
@@ -222,8 +222,6 @@ _default_segmenter = default_segmenter  # the older private name (benchmarks/ben
 @torch.no_grad()
 def hair_probability(images: torch.Tensor, segmenter=None, batch_size: int = 256) -> torch.Tensor:
     """(B,H,W) P(hair) per pixel from the segmenter (softmax over its parts), batched, no grad."""
-    from .world import PART_ID
-
     images = check_images(images)
     seg = segmenter if segmenter is not None else _default_segmenter(images.device)
     dev = next(seg.parameters()).device

@@ -16,6 +16,10 @@ Introduced in ``notebooks/08_*`` (Stable Diffusion on a GPU).
 from __future__ import annotations
 
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.utils import deprecation_utils
+
+from .models import build_text_encoder, build_tokenizer
 
 #: ddpo-pytorch's model (the original "runwayml/stable-diffusion-v1-5" moved here).
 DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -66,9 +70,8 @@ def build_tiny_sd_pipeline(seed: int = 0):
     ``CLIPTextModel`` + the project's offline ``CLIPTokenizer`` (``models.build_tokenizer``),
     ``DDIMScheduler`` with SD v1's schedule and ``steps_offset=1``; no safety checker.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-
-    from .models import build_text_encoder, build_tokenizer
+    # StableDiffusionPipeline pulls in transformers' image processors (and their torchvision warnings): only for SD
+    from diffusers import StableDiffusionPipeline
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
@@ -100,8 +103,7 @@ def load_sd_pipeline(
     dropped (it is irrelevant for RL research and costs memory). Extra ``kwargs`` go to
     ``StableDiffusionPipeline.from_pretrained`` (e.g. ``variant="fp16"``).
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-    from diffusers.utils import deprecation_utils
+    from diffusers import StableDiffusionPipeline  # as in build_tiny_sd_pipeline: only when SD is used
 
     # diffusers >= 0.36-ish renamed `torch_dtype` to `dtype`; older versions (Colab) only know `torch_dtype`.
     dtype_kw = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"

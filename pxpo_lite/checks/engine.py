@@ -26,7 +26,7 @@ def show(name: str, status: str, message: str) -> None:
     text = f"{ {PASSED: '✓', FAILED: '✗', NOT_DONE: '…'}[status]} {name}: {message}"
     colour = {PASSED: "#1a7f37", FAILED: "#cf222e", NOT_DONE: "#9a6700"}[status]
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # IPython: not a dependency; only inside a notebook
         from IPython.display import display
 
         if get_ipython() is None:

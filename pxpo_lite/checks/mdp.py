@@ -6,6 +6,7 @@ import math
 from typing import Callable
 
 import torch
+from diffusers import DDIMScheduler
 
 from .. import ddim, losses
 from .engine import generator, run_check
@@ -14,8 +15,6 @@ from .engine import generator, run_check
 # 01: the log-probability of one DDIM step
 # --------------------------------------------------------------------------------------------
 def _scheduler(prediction_type: str, steps: int):
-    from diffusers import DDIMScheduler  # heavy import, needed by this check only
-
     if prediction_type == "v_prediction":  # the tiny model's scheduler
         s = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False,
                           set_alpha_to_one=True, steps_offset=1, timestep_spacing="trailing")

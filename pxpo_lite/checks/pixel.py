@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from diffusers import UNet2DConditionModel
 
 from .. import advantages as adv_lib
 from .. import feedback, losses, pixelwise
@@ -152,8 +153,6 @@ def check_heatmap_to_advantages(fn: Callable) -> Callable:
 
 def _tiny_unet(width: int):
     """A very small diffusers UNet (attention at the lower resolution, ResNet convolutions)."""
-    from diffusers import UNet2DConditionModel  # heavy import, needed by this check only
-
     return UNet2DConditionModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
                                 block_out_channels=(width, 2 * width), norm_num_groups=4, cross_attention_dim=8,
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),

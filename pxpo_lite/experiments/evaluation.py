@@ -105,7 +105,7 @@ class FidelityTracker:
 
     def plot(self, ax=None, key: str = "all", threshold: float | None = 0.9):
         """Held-out reward (left axis) and prompt fidelity (right axis) vs training samples."""
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # matplotlib: only when plotting (import pxpo_lite does not load it)
 
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 3.4))

@@ -20,7 +20,7 @@ LABELS = {**METHOD_LABELS, **CREDIT_LABELS}
 
 def plot_comparison(result: dict, window: int = 1, axes=None, title: str | None = None):
     """Reward vs samples, one panel per task, mean ± std band over seeds per method. Returns the figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: only when plotting (import pxpo_lite does not load it)
 
     runs = result["runs"]
     if axes is None:
@@ -67,7 +67,7 @@ def plot_before_after(before: dict, after: dict, idx: Sequence[int] | None = Non
     ``overlay``: optional ``fn(images) -> (B,H,W)`` in [0,1] drawn over the images (e.g. the
     segmenter's hair probability). Each panel shows its image's reward. Returns the figure.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: only when plotting (import pxpo_lite does not load it)
 
     idx = list(idx) if idx is not None else pick_examples(before["prompts"], 2)
     fig, axes = plt.subplots(2, len(idx), figsize=(size * len(idx), size * 2 * 1.45), squeeze=False)
@@ -143,7 +143,7 @@ def credit_table(result: dict, task: str) -> str:
 def plot_credit_assignment(result: dict, axes=None, title: str | None = None):
     """Reward vs samples per method (seed mean ± std), one panel per task, the target (DDPO's
     final reward) dotted; from a credit-assignment result or its shipped copy. Returns the figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: only when plotting (import pxpo_lite does not load it)
 
     summ = result["summary"]
     if axes is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..data import benchmark_names, load_benchmark
 from .credit import CREDIT_LABELS
 from .frontier import FIDELITY_END
 
@@ -22,7 +23,7 @@ def plot_frontier(result: dict, axes=None):
     """Two panels per task: (1) every selection point in (fidelity at the end, effect), the Pareto front
     as a line, the chosen setting's evaluation-seed effect with its interval; (2) effect vs samples at
     the chosen setting on the evaluation seeds (mean and interval). Returns the figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: only when plotting (import pxpo_lite does not load it)
 
     summary = result["summary"]
     if axes is None:
@@ -171,9 +172,7 @@ def frontier_setting(task: str, result: dict | None = None, methods: Sequence[st
     preferring settings that kept it on the evaluation seeds too) in a frontier result (default: the shipped ``credit_frontier``): ``{"method", "lr", "beta",
     "n_samples", "effect_std", "fidelity_end", "fidelity_min", "source"}``. Notebooks 04 and 05 train
     with it by default, so a learner's first run is the one that keeps the prompt."""
-    if result is None:
-        from ..data import benchmark_names, load_benchmark  # the shipped copy (a leaf module: no cycle)
-
+    if result is None:  # the shipped copy
         result = load_benchmark("credit_frontier" if "credit_frontier" in benchmark_names() else "credit_frontier_reduced")
     if task not in result["summary"]:
         raise ValueError(f"task {task!r} is not in this frontier result (it has {sorted(result['summary'])}); "

@@ -8,8 +8,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .evaluation import measure_heldout, table_row
+from .parallel import map_jobs
 from .runs import RunResult, run
 from .tasks import Task
 
@@ -70,10 +72,6 @@ def compare(base_pipe, tasks: Sequence[Task], methods: Sequence[str] = ("ddpo", 
     ``jobs``: runs trained at once in forked processes (:mod:`.parallel`; None: one per CPU core
     on a CPU, 1 on a GPU). The results do not depend on it.
     """
-    from tqdm.auto import tqdm
-
-    from .parallel import map_jobs
-
     befores = {t.name: measure_heldout(base_pipe, t, eval_per_prompt, segmenter=segmenter, images=False)
                for t in tasks} if eval_per_prompt else {}
     todo = [(t, m, k, s) for t in tasks for m in methods for k, s in enumerate(seeds)]
