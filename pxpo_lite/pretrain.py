@@ -47,7 +47,7 @@ Usage::
 
     python -m pxpo_lite.pretrain segmenter            # ~2 min on 2 cores
     python -m pxpo_lite.pretrain diffusion            # ~46 min on 2 cores
-    python -m pxpo_lite.pretrain flow                 # writes pxpo_lite/assets/tiny_flow
+    python -m pxpo_lite.pretrain flow --threads 1     # ~44 min, writes pxpo_lite/assets/tiny_flow
     python -m pxpo_lite.pretrain all
 
 Introduced in ``notebooks/00_tour.ipynb`` (the shipped models).
@@ -81,7 +81,9 @@ HELDOUT_WORLD_SEED = 10**9
 and prompts from here. Not a noise seed: experiments seed their sampling noise separately."""
 
 FLOW_STEPS = 2200
-"""Default steps of ``pretrain flow`` (× 32 images): measured to fit the issue's hour on 2 cores."""
+"""Default steps of ``pretrain flow`` (× 32 images), those of the shipped weights: 44 min wall time
+on the shared 2-core machine with ``--threads 1`` (25 min of CPU time; 2 threads on the loaded
+machine ran 7× slower per step), inside the issue's hour."""
 
 
 

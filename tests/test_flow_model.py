@@ -130,3 +130,19 @@ def test_pretrain_flow_writes_a_loadable_folder(tmp_path):
     assert loaded(PROMPTS, num_inference_steps=2).images.shape == (2, 3, 32, 32)
     pretrain.check_out(out)  # a second run may replace it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flow"], "no staging folder left behind"
+
+
+# -- the shipped weights ---------------------------------------------------------------------
+def test_shipped_flow_model_loads_and_is_small():
+    folder = flow_models.TINY_FLOW_DIR
+    total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert total <= 6_000_000, f"the shipped flow model is {total / 1e6:.2f} MB; the issue allows 6 MB"
+    info = json.loads((folder / "TRAINING.json").read_text())
+    assert info["command"].startswith("python -m pxpo_lite.pretrain flow")
+    assert info["steps_done"] == info["steps"] and info["wall_time_s"] <= 3600, "the issue's hour on the 2-core CPU"
+    assert info["steps"] == pretrain.FLOW_STEPS, "the plain command rebuilds what ships"
+    pretrain.check_out(folder)  # every file in it is one TRAINING.json lists
+    p = pxpo_lite.load_tiny_flow_pipeline(device="cpu")
+    assert not p.unet.training and isinstance(p, flow_models.TinyFlowPipeline)
+    images = p(PROMPTS, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
