@@ -193,6 +193,14 @@ def average_gradients(params: Sequence[torch.nn.Parameter], accelerator) -> None
         off += n
 
 
+def clip_gradients(params: Sequence[torch.nn.Parameter], max_grad_norm: float | None, accelerator=None) -> float:
+    """Clip the gradients of ``params`` to a total 2-norm of ``max_grad_norm`` (None: leave them) and return
+    their norm before clipping: ``clip_grad_norm_`` (the accelerator's, which unscales mixed-precision gradients
+    first), with max_norm = ∞ for None. No gradients: 0.0; a NaN/inf gradient: a NaN/inf norm (the caller stops)."""
+    clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
+    return float(clip(list(params), math.inf if max_grad_norm is None else max_grad_norm))
+
+
 def _not_finite(what: str, t: torch.Tensor, traj, idx: torch.Tensor, step: int, where: str) -> None:
     bad = ~torch.isfinite(t.detach().reshape(len(idx), -1)).all(dim=1)
     if bad.any():
@@ -314,7 +322,6 @@ def policy_gradient_step(
         raise ValueError("pairs is empty: an optimiser step needs at least one (sample indices, timestep index) pair")
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
-    clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
     params = list(params)
     infos = []
     score, means = _scorers(traj)
@@ -352,11 +359,7 @@ def policy_gradient_step(
             backward(group_loss / len(pairs))
         # 4. average over processes, clip
         (average or (lambda ps: average_gradients(ps, accelerator)))(params)
-        if max_grad_norm is not None:
-            norm = float(clip(params, max_grad_norm))
-        else:
-            grads = [p.grad.detach().reshape(-1) for p in params if p.grad is not None]
-            norm = float(torch.cat(grads).norm()) if grads else 0.0
+        norm = clip_gradients(params, max_grad_norm, accelerator)
         if not math.isfinite(norm):
             raise TrainingError(f"the gradient norm is {norm}{where}; the optimiser step was skipped (weights untouched)")
     except (TrainingError, NonFiniteError) as e:

@@ -73,6 +73,52 @@ def test_clipping_and_the_reported_norm():
     assert res.grad_norm > 1e-6 and float(clipped) == pytest.approx(1e-6, rel=1e-3)
 
 
+def _hand_norm(params, max_grad_norm):
+    """The gradient norm as update.py computed it before clip_grad_norm_ did it all (issue 20)."""
+    if max_grad_norm is not None:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    grads = [p.grad.detach().reshape(-1) for p in params if p.grad is not None]
+    return float(torch.cat(grads).norm()) if grads else 0.0
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 0.05, 1e9])
+@pytest.mark.parametrize("grad", ["finite", "inf", "nan", "none"])
+def test_clip_gradients_is_clip_grad_norm_with_the_hand_computed_norm(max_grad_norm, grad):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2))
+    if grad != "none":
+        model(torch.randn(4, 5)).pow(2).sum().backward()
+    if grad in ("inf", "nan"):
+        model[0].weight.grad[1, 2] = float(grad)
+    twin = copy.deepcopy(model)
+    for a, b in zip(twin.parameters(), model.parameters()):
+        a.grad = None if b.grad is None else b.grad.clone()
+    want = _hand_norm(list(twin.parameters()), max_grad_norm)
+    got = update.clip_gradients(model.parameters(), max_grad_norm)
+    if grad == "finite":
+        assert got == pytest.approx(want, rel=1e-6) and got > 0.05
+        for a, b in zip(model.parameters(), twin.parameters()):  # the same gradients after: clipped alike, or untouched
+            assert torch.equal(a.grad, b.grad)
+        if max_grad_norm == 0.05:
+            assert update.clip_gradients(model.parameters(), None) == pytest.approx(0.05, rel=1e-4)
+    elif grad == "none":
+        assert got == want == 0.0
+    else:  # a non-finite norm, as before: policy_gradient_step then skips the optimiser step
+        assert not math.isfinite(got) and not math.isfinite(want) and math.isnan(got) == math.isnan(want)
+
+
+def test_the_step_measures_the_norm_with_clip_grad_norm_also_without_clipping(monkeypatch):
+    pipe, traj, params = setup(n=1, num_steps=2)
+    calls, orig = [], torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda ps, m, *a, **k: calls.append(m) or orig(ps, m, *a, **k))
+    opt = Recorder(params)
+    res = policy_gradient_step(pipe, traj, torch.tensor([1.0]), [(torch.arange(1), 0)], opt, params, method="ddpo")
+    flat = torch.cat([g.reshape(-1) for g in opt.seen[0]])  # the gradients it stepped with: not clipped
+    assert calls == [math.inf] and res.grad_norm == pytest.approx(float(flat.double().norm()), rel=1e-6)
+    # the float32 hand-computed norm it replaces rounds more (1.4 M elements summed in one vector): 5e-5 here
+    assert res.grad_norm == pytest.approx(float(flat.norm()), rel=1e-4)
+
+
 def test_nan_log_prob_stops_before_the_step(monkeypatch):
     pipe, traj, params = setup()
     before = [p.detach().clone() for p in params]
