@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import NamedTuple
 
 import torch
 from diffusers import DDIMScheduler
@@ -298,6 +299,27 @@ def ddim_step_logprob(
     Computation is done in float32 (half-precision inputs are upcast; for float32 inputs the
     result equals ``DDIMScheduler.step`` of diffusers 0.42.1 to float rounding).
     """
+    prev_sample, step = ddim_step_gaussian(scheduler, model_output, timestep, sample, eta=eta, prev_sample=prev_sample,
+                                           generator=generator, variance_noise=variance_noise,
+                                           use_clipped_model_output=use_clipped_model_output, sigma_min=sigma_min)
+    return prev_sample, step.log_prob
+
+
+class StepGaussian(NamedTuple):
+    """One transition x_t → x_{t−1} as the Gaussian policy scores it: ``mean`` μ_t (float32), ``sigma`` the
+    true σ_t (0-d; 0 for a deterministic step), ``log_prob`` log p(x_{t−1}|x_t,c) per element (float32)."""
+
+    mean: torch.Tensor
+    sigma: torch.Tensor
+    log_prob: torch.Tensor
+
+
+def ddim_step_gaussian(scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor, *, eta: float,
+                       prev_sample: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                       variance_noise: torch.Tensor | None = None, use_clipped_model_output: bool = False,
+                       sigma_min: float = SIGMA_MIN) -> tuple[torch.Tensor, StepGaussian]:
+    """:func:`ddim_step_logprob` (same arguments, checks and numbers) returning ``(prev_sample, StepGaussian)``:
+    the step's mean and σ_t come with the log-prob from the one :func:`ddim_gaussian` they share."""
     check_scheduler(scheduler)
     eta = check_eta(eta)
     if not isinstance(sample, torch.Tensor):
@@ -327,4 +349,4 @@ def ddim_step_logprob(
     # Only a deterministic step (σ_t = 0) gets the floor; a real σ_t > 0 is used as it is.
     std = torch.where(sigma > 0, sigma, torch.full_like(sigma, sigma_min))
     log_prob = gaussian_log_prob(prev_sample, mean, std)
-    return prev_sample, log_prob
+    return prev_sample, StepGaussian(mean, sigma, log_prob)

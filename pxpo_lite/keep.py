@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import types
 from typing import NamedTuple
 
 import numpy as np
@@ -48,12 +47,12 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from .config_checks import as_real
-from .ddim import ddim_gaussian, ddim_step_logprob
+from .ddim import StepGaussian  # the record of a re-scored step (flow_sampling imports it from here)
 from .devices import check_not_meta
 from .keep_ramp import ramp_weights
 from .lora import unwrap
 from .pixelwise import to_sample_grid
-from .sampling import Trajectory, stacked_model_output, step_inputs
+from .sampling import Trajectory, step_gaussians
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,15 +268,6 @@ def frozen_copy(unet: torch.nn.Module) -> torch.nn.Module:
     return ref
 
 
-class StepGaussian(NamedTuple):
-    """One stored transition under some weights: ``mean`` μ (b,C,h,w) float32, ``sigma`` σ_t (0-d),
-    ``log_prob`` log p(x_{t−1}|x_t,c) per element (as ``sampling.step_log_prob``)."""
-
-    mean: torch.Tensor
-    sigma: torch.Tensor
-    log_prob: torch.Tensor
-
-
 def step_means(pipe, traj: Trajectory, step_index: int, sample_idx=None, reference: bool = False,
                reference_unet: torch.nn.Module | None = None) -> StepGaussian:
     """μ, σ_t and per-element log-prob of stored step ``step_index`` for samples ``sample_idx``.
@@ -293,24 +283,12 @@ def step_means(pipe, traj: Trajectory, step_index: int, sample_idx=None, referen
 
 def steps_means(pipe, traj: Trajectory, step_indices, sample_idx=None, reference: bool = False,
                 reference_unet: torch.nn.Module | None = None) -> list:
-    """:func:`step_means` for several stored steps of the same samples from ONE UNet forward
-    (``sampling.stacked_model_output``): a list of :class:`StepGaussian`, one per step index."""
+    """:func:`step_means` for several stored steps of the same samples from ONE UNet forward: a list of
+    :class:`StepGaussian`, one per step index, from ``sampling.step_gaussians`` — the path
+    ``sampling.step_log_probs`` reads too."""
     if reference_unet is not None and not reference:
         raise ValueError("reference_unet is only used with reference=True (it gives μ_ref); drop it for the trained policy's μ_θ")
-    s = step_inputs(pipe, traj, step_indices, sample_idx)
-    args = (s.xs, s.ts, s.cond, s.uncond, s.guidance_scale)
     if not reference:
-        outs = stacked_model_output(pipe, *args)
-    elif reference_unet is not None:
-        ref_pipe = types.SimpleNamespace(unet=reference_unet, scheduler=s.scheduler)  # stacked_model_output reads only these two
-        with torch.no_grad():
-            outs = stacked_model_output(ref_pipe, *args)
-    else:
-        with torch.no_grad(), adapters_disabled(pipe.unet):
-            outs = stacked_model_output(pipe, *args)
-    result = []
-    for out, t, x_t, x_prev in zip(outs, s.ts, s.xs, s.x_prevs):
-        _, lp = ddim_step_logprob(s.scheduler, out, t, x_t, eta=s.eta, prev_sample=x_prev)
-        mean, sigma, _ = ddim_gaussian(s.scheduler, out, int(t), x_t, eta=s.eta)
-        result.append(StepGaussian(mean, sigma, lp))
-    return result
+        return step_gaussians(pipe, traj, step_indices, sample_idx)
+    with torch.no_grad(), (contextlib.nullcontext() if reference_unet is not None else adapters_disabled(pipe.unet)):
+        return step_gaussians(pipe, traj, step_indices, sample_idx, unet=reference_unet)

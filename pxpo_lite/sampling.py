@@ -20,7 +20,7 @@ Introduced in ``notebooks/01_denoising_as_an_mdp.ipynb`` (one step) and used fro
 """
 from __future__ import annotations
 
-import math
+import types
 from typing import NamedTuple
 
 import torch
@@ -28,51 +28,22 @@ from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from .config_checks import as_int, as_real
-from .ddim import check_eta, check_scheduler, ddim_step_logprob
+from .config_checks import as_int
+from .ddim import StepGaussian, check_eta, check_scheduler, ddim_step_gaussian, ddim_step_logprob
 from .devices import check_not_meta
+from .guidance import (SD_DEFAULT_GUIDANCE, _is_latent_pipeline, model_output, resolve_guidance_scale, stacked_model_output,
+                       uses_guidance)
 from .trajectory import Trajectory
 
-__all__ = ["Trajectory", "sample", "step_log_prob", "step_log_probs", "step_inputs", "StepInputs", "rescore", "model_output", "stacked_model_output", "initial_latents", "decode",
-           "resolve_guidance_scale", "uses_guidance", "unet_dtype", "pipeline_device", "sync_scheduler", "SD_DEFAULT_GUIDANCE"]
-
-#: DDPO's classifier-free guidance for Stable Diffusion (ddpo-pytorch default), used when a
-#: pipeline has no ``default_guidance_scale`` attribute of its own and ``guidance_scale=None``.
-SD_DEFAULT_GUIDANCE = 5.0
+__all__ = ["Trajectory", "sample", "step_log_prob", "step_log_probs", "step_gaussians", "StepGaussian", "step_inputs", "StepInputs",
+           "rescore", "model_output", "stacked_model_output", "initial_latents", "decode", "resolve_guidance_scale",
+           "uses_guidance", "unet_dtype", "pipeline_device", "sync_scheduler", "SD_DEFAULT_GUIDANCE"]
 
 
 # --------------------------------------------------------------------------------------------
-# Pipeline adapters (tiny pixel-space pipeline and diffusers Stable Diffusion look alike here)
+# Pipeline adapters (tiny pixel-space pipeline and diffusers Stable Diffusion look alike here;
+# the guidance scale and the guided UNet call: pxpo_lite.guidance)
 # --------------------------------------------------------------------------------------------
-def _is_latent_pipeline(pipe) -> bool:
-    return getattr(pipe, "vae", None) is not None
-
-
-def resolve_guidance_scale(pipe, guidance_scale: float | None) -> float:
-    """``guidance_scale`` or the pipeline's default: ``pipe.default_guidance_scale`` if it has one (the
-    tiny model: 1.0, no guidance), else 5.0 for a latent (Stable Diffusion) pipeline as in DDPO, else 1.0."""
-    if guidance_scale is None:
-        default = getattr(pipe, "default_guidance_scale", None)
-        if isinstance(default, (int, float)):
-            guidance_scale = float(default)
-        else:
-            guidance_scale = SD_DEFAULT_GUIDANCE if _is_latent_pipeline(pipe) else 1.0
-    guidance_scale = guidance_scale if as_real(guidance_scale) is None else as_real(guidance_scale)
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
-        raise ValueError(f"guidance_scale must be a finite number >= 0 (1.0 = no guidance), got {guidance_scale!r}")
-    if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
-        raise ValueError(
-            f"guidance_scale must be a finite number >= 0 (1.0 = no guidance; DDPO uses 5.0 with Stable Diffusion), "
-            f"got {guidance_scale!r}"
-        )
-    return float(guidance_scale)
-
-
-def uses_guidance(guidance_scale: float) -> bool:
-    """Whether w needs the unconditional pass: every w ≠ 1 (w = 1 is the conditional model alone)."""
-    return guidance_scale != 1.0
-
-
 def _check_prompts(pipe, prompts) -> list[str]:
     if hasattr(pipe, "check_prompts"):
         return pipe.check_prompts(prompts)
@@ -124,51 +95,6 @@ def _encode(pipe, prompts: list[str], guidance_scale: float, negative_prompt=Non
     uncond = uncond.to(dtype) if guided else None
     return cond, uncond
 
-
-def model_output(pipe, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
-    """The (guided) UNet prediction for x_t: one batched call [uncond; cond] when ``uncond`` is given.
-
-    ε̂ = ε_θ(x_t, ∅) + w (ε_θ(x_t, c) − ε_θ(x_t, ∅)) (classifier-free guidance); without ``uncond``
-    the conditional prediction alone (w = 1)."""
-    t = t if isinstance(t, torch.Tensor) else torch.tensor(t)
-    if uncond is not None:
-        x_in = pipe.scheduler.scale_model_input(torch.cat([x, x]), t)
-        out = pipe.unet(x_in, t, encoder_hidden_states=torch.cat([uncond, cond])).sample
-        out_u, out_c = out.chunk(2)
-        return out_u + guidance_scale * (out_c - out_u)
-    x_in = pipe.scheduler.scale_model_input(x, t)
-    return pipe.unet(x_in, t, encoder_hidden_states=cond).sample
-
-
-def stacked_model_output(pipe, xs: list, ts: list, cond: torch.Tensor, uncond: torch.Tensor | None,
-                         guidance_scale: float) -> list:
-    """:func:`model_output` for k timesteps of the same b samples in ONE UNet call.
-
-    ``xs``: k tensors x_t (b,C,h,w), ``ts``: their k timesteps. The k·b rows (2·k·b with
-    guidance: [uncond rows; cond rows]) go through the UNet together, each row with its own
-    timestep, and the k guided predictions come back as a list. Every row is computed as in
-    :func:`model_output` (the UNet treats rows independently: GroupNorm, no batch statistics), so
-    the result equals k separate calls up to float rounding (``tests/test_update.py`` compares the
-log-probs to 1e-5), for the cost
-    of one call with k× the activation memory (``TrainConfig.timestep_batch``). k = 1 is exactly
-    :func:`model_output`.
-    """
-    if len(xs) != len(ts) or not xs:
-        raise ValueError(f"xs and ts must be two non-empty lists of the same length, got {len(xs)} and {len(ts)}")
-    if len(xs) == 1:
-        return [model_output(pipe, xs[0], ts[0], cond, uncond, guidance_scale)]
-    k, b = len(xs), xs[0].shape[0]
-    x = torch.cat([pipe.scheduler.scale_model_input(xi, ti) for xi, ti in zip(xs, ts)])
-    tv = torch.cat([torch.as_tensor(ti, device=x.device).reshape(1).expand(b) for ti in ts])
-    rep = (k,) + (1,) * (cond.ndim - 1)
-    if uncond is not None:
-        out = pipe.unet(torch.cat([x, x]), torch.cat([tv, tv]),
-                        encoder_hidden_states=torch.cat([uncond.repeat(rep), cond.repeat(rep)])).sample
-        out_u, out_c = out.chunk(2)
-        out = out_u + guidance_scale * (out_c - out_u)
-    else:
-        out = pipe.unet(x, tv, encoder_hidden_states=cond.repeat(rep)).sample
-    return list(out.split(b))
 
 
 def _progress(iterable, progress: bool, desc: str):
@@ -368,17 +294,23 @@ def step_inputs(pipe, traj: Trajectory, step_indices, sample_idx=None) -> StepIn
                       sub.prompt_embeds.to(**to), uncond, sub.guidance_scale if uncond is not None else 1.0)
 
 
-def step_log_probs(pipe, traj: Trajectory, step_indices, sample_idx=None) -> list:
-    """:func:`step_log_prob` for several stored steps of the same samples from ONE UNet forward.
-
-    Returns one (b,C,h,w) float32 log-prob per index of ``step_indices``, WITH gradients, equal to
-    separate :func:`step_log_prob` calls up to float rounding (:func:`stacked_model_output`).
-    The trainer uses it to score ``TrainConfig.timestep_batch`` timesteps at a time.
-    """
+def step_gaussians(pipe, traj: Trajectory, step_indices, sample_idx=None, unet: torch.nn.Module | None = None) -> list:
+    """The one re-scoring path: mean μ_t, σ_t and per-element log-prob (:class:`~pxpo_lite.ddim.StepGaussian`)
+    of several stored steps of the same samples, WITH gradients, from ONE forward of ``unet`` (default
+    ``pipe.unet``; :func:`stacked_model_output`) and one DDIM Gaussian per step (``ddim.ddim_step_gaussian``).
+    :func:`step_log_probs` (the policy gradient) and ``keep.steps_means`` (μ_θ and μ_ref of the keep term) read it."""
     s = step_inputs(pipe, traj, step_indices, sample_idx)
-    outs = stacked_model_output(pipe, s.xs, s.ts, s.cond, s.uncond, s.guidance_scale)
-    return [ddim_step_logprob(s.scheduler, out, t, x_t, eta=s.eta, prev_sample=x_prev)[1]
+    caller = pipe if unet is None else types.SimpleNamespace(unet=unet, scheduler=s.scheduler)  # all stacked_model_output reads
+    outs = stacked_model_output(caller, s.xs, s.ts, s.cond, s.uncond, s.guidance_scale)
+    return [ddim_step_gaussian(s.scheduler, out, t, x_t, eta=s.eta, prev_sample=x_prev)[1]
             for out, t, x_t, x_prev in zip(outs, s.ts, s.xs, s.x_prevs)]
+
+
+def step_log_probs(pipe, traj: Trajectory, step_indices, sample_idx=None) -> list:
+    """:func:`step_log_prob` for several stored steps of the same samples from ONE UNet forward
+    (:func:`step_gaussians`): one (b,C,h,w) float32 log-prob per index, WITH gradients, equal to separate
+    :func:`step_log_prob` calls up to float rounding. The trainer scores ``TrainConfig.timestep_batch`` at a time."""
+    return [g.log_prob for g in step_gaussians(pipe, traj, step_indices, sample_idx)]
 
 
 @torch.no_grad()

@@ -165,6 +165,41 @@ def test_step_means_log_prob_is_step_log_prob(lora_pipe, traj):
         assert pol.mean.shape == (1 if idx else 2, 3, 32, 32) and pol.sigma.ndim == 0 and float(pol.sigma) > 0
 
 
+def test_one_rescoring_path_one_forward_and_one_gaussian_per_step(lora_pipe, traj, monkeypatch):
+    """keep.steps_means and sampling.step_log_probs read one function (sampling.step_gaussians): one UNet
+    forward per call for all its steps and one DDIM Gaussian per step (issue 20: keep computed it twice),
+    with the numbers of before, bit for bit."""
+    from pxpo_lite import ddim, sampling
+
+    _perturb(lora.lora_parameters(lora_pipe.unet))
+    steps, idx = [0, 2, 3], torch.tensor([1, 0])
+    # before: one stacked forward, then per step ddim_step_logprob (the log-prob) and ddim_gaussian again (μ, σ_t)
+    s = sampling.step_inputs(lora_pipe, traj, steps, idx)
+    outs = sampling.stacked_model_output(lora_pipe, s.xs, s.ts, s.cond, s.uncond, s.guidance_scale)
+    old = [(*ddim.ddim_gaussian(s.scheduler, o, int(t), x, eta=s.eta)[:2],
+            ddim.ddim_step_logprob(s.scheduler, o, t, x, eta=s.eta, prev_sample=xp)[1])
+           for o, t, x, xp in zip(outs, s.ts, s.xs, s.x_prevs)]
+    gaussians, orig = [], ddim.ddim_gaussian
+    for mod in (ddim, keep, sampling):  # wherever it is called from
+        if hasattr(mod, "ddim_gaussian"):
+            monkeypatch.setattr(mod, "ddim_gaussian", lambda *a, **k: gaussians.append(1) or orig(*a, **k))
+    forwards = []
+    hook = lora_pipe.unet.register_forward_hook(lambda *a: forwards.append(torch.is_grad_enabled()))
+    try:
+        pols = keep.steps_means(lora_pipe, traj, steps, idx)
+        assert forwards == [True] and len(gaussians) == 3
+        lps = sampling.step_log_probs(lora_pipe, traj, steps, idx)
+        assert forwards == [True, True] and len(gaussians) == 6
+        refs = keep.steps_means(lora_pipe, traj, steps, idx, reference=True)
+        assert forwards == [True, True, False] and len(gaussians) == 9
+    finally:
+        hook.remove()
+    for pol, lp, (mean, sigma, old_lp) in zip(pols, lps, old):
+        assert torch.equal(pol.mean, mean) and torch.equal(pol.sigma, sigma)
+        assert torch.equal(pol.log_prob, old_lp) and torch.equal(lp, old_lp) and pol.mean.requires_grad
+    assert all(not r.mean.requires_grad and (r.mean - p.mean).abs().max() > 0 for r, p in zip(refs, pols))
+
+
 def test_reference_is_the_base_model_and_adapter_state_is_restored(lora_pipe, traj):
     base = pxpo_lite.load_tiny_pipeline()
     params = lora.lora_parameters(lora_pipe.unet)
