@@ -32,6 +32,9 @@ Use in an update (one stored transition: step ``i``, samples ``idx``)::
     kt = keep.keep_term(pol.mean, ref.mean, pol.sigma, weights[idx], beta)
     loss = pg_loss(pol.log_prob, ...) + kt.term
 
+:func:`pxpo_lite.update.policy_gradient_step` does this for every pair it trains, given a
+:class:`Keep` (β, the weight maps, the reference) — defined here, re-exported by ``update``.
+
 Introduced in ``notebooks/06_human_feedback_canvas.ipynb`` (painted keep map) and
 ``notebooks/04_pxpo_colour_feedback.ipynb`` (global β).
 """
@@ -40,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -292,3 +296,55 @@ def steps_means(pipe, traj: Trajectory, step_indices, sample_idx=None, reference
         return step_gaussians(pipe, traj, step_indices, sample_idx)
     with torch.no_grad(), (contextlib.nullcontext() if reference_unet is not None else adapters_disabled(pipe.unet)):
         return step_gaussians(pipe, traj, step_indices, sample_idx, unet=reference_unet)
+
+
+# --------------------------------------------------------------------------------------------
+# The keep term of one update (``update.policy_gradient_step(..., keep=Keep(...))``)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Keep:
+    """The per-pixel keep term of an update: β·mean(w·KL(π_θ ‖ π_ref)) per (samples, step) pair.
+
+    ``beta`` ≥ 0 (0: off — no extra forward, the update is the plain one); ``weights``: None
+    (w ≡ 1, the global KL of notebooks 03/04) or per-sample maps (B,h,w) / (1,h,w) on the sample
+    grid, ≥ 0, 1 = keep, 0 = free to change (:func:`keep_weights_from_heatmap` /
+    :func:`keep_weights_from_mask`; notebook 06); ``reference_unet``: the frozen reference for
+    full-UNet training (:func:`frozen_copy`), None for LoRA (adapters disabled give μ_ref).
+    """
+
+    beta: float = 0.0
+    weights: torch.Tensor | None = None
+    reference_unet: torch.nn.Module | None = None
+
+    def __post_init__(self):
+        self.beta = check_beta(self.beta)
+        if self.weights is not None:
+            if not isinstance(self.weights, torch.Tensor) or self.weights.ndim != 3:
+                raise ValueError(f"Keep.weights must be None or a tensor (B,h,w) on the sample grid, got "
+                                 f"{getattr(self.weights, 'shape', type(self.weights).__name__)}; make it with keep.keep_weights_from_heatmap")
+            if not torch.isfinite(self.weights).all() or (self.weights < 0).any():
+                raise ValueError("Keep.weights must be finite and >= 0 (1 = keep, 0 = free to change)")
+
+    @property
+    def active(self) -> bool:
+        return self.beta > 0
+
+    def term(self, pol: StepGaussian, ref: StepGaussian, idx: torch.Tensor) -> KeepTerm:
+        """The keep term of one pair from the trained (``pol``) and reference (``ref``) step means."""
+        w = self.weights
+        if w is not None and w.shape[0] > 1:
+            w = w[idx.to(w.device)]
+        return keep_term(pol.mean, ref.mean, pol.sigma, w, self.beta)
+
+    def check_reference(self, pipe, params) -> None:
+        """Refuse a reference that shares weights with the trained model: μ_ref would move with μ_θ
+        and the keep term would stay exactly 0 without a word (e.g. ``Keep(beta, None, pipe.unet)``)."""
+        if self.reference_unet is None:
+            return
+        ptrs = lambda ps: {p.data_ptr() for p in ps if p.numel()}  # noqa: E731
+        shared = ptrs(unwrap(self.reference_unet).parameters()) & (ptrs(params) | ptrs(unwrap(pipe.unet).parameters()))
+        if shared:
+            raise ValueError(
+                f"Keep.reference_unet shares {len(shared)} weight tensor(s) with the trained pipe.unet, so the reference "
+                "moves with the policy and the keep term is always 0; pass reference_unet=keep.frozen_copy(pipe.unet) "
+                "made before training (full UNet), or None with LoRA (the adapters switched off give the reference)")

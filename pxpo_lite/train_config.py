@@ -42,7 +42,7 @@ class TrainConfig:
     adam_eps: float = 1e-8  # AdamW epsilon
     max_grad_norm: float | None = 1.0  # clip the gradient norm to this (None: no clipping)
     adv_clip_max: float | None = 5.0  # clip advantages to ±this (None: no clipping)
-    keep_beta: float = 0.0  # β of the per-pixel keep term β·mean(w·KL(π_θ‖π_ref)) (update.Keep); 0: off (no extra forward)
+    keep_beta: float = 0.0  # β of the per-pixel keep term β·mean(w·KL(π_θ‖π_ref)) (keep.Keep); 0: off (no extra forward)
     per_prompt_stats: bool = True  # per-prompt reward statistics (False: batch statistics every epoch)
     stat_buffer_size: int = 16  # rewards (or maps) kept per prompt
     stat_min_count: int = 16  # rewards a prompt needs before its own statistics are used

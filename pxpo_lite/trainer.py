@@ -56,9 +56,10 @@ from .pixelwise import to_sample_grid
 from .regions import MultiChannelReward
 from .sampling import Trajectory, sample
 from .speed import apply_speedups
+from .steps import trainable_steps
 from .train_config import TrainConfig, check_config
 from .trainer_checkpoint import TRAINER_KIND as CHECKPOINT_KIND, load_trainer_checkpoint, save_trainer_checkpoint
-from .update import Keep, TrainingError, policy_gradient_step, resolve_timestep_batch, summarise, trainable_steps
+from .update import TrainingError, policy_gradient_step, resolve_timestep_batch, summarise
 from .world import all_prompts
 
 __all__ = ["CHECKPOINT_KIND", "TrainConfig", "Trainer", "TrainingError", "check_config"]
@@ -249,7 +250,7 @@ class Trainer:
         (B,h,w) PXPO) and, with ``keep_beta`` > 0, the keep term (``keep_weights`` (B,h,w) or None);
         returns the diagnostics averaged over every (micro-batch, timestep) pair."""
         c, acc = self.config, self.accelerator
-        keep = Keep(c.keep_beta, keep_weights, self.reference_unet) if c.keep_beta > 0 else None
+        keep = keep_lib.Keep(c.keep_beta, keep_weights, self.reference_unet) if c.keep_beta > 0 else None
         g = generator if generator is not None else _gen(c.seed, self.epoch, acc.process_index, "update")
         steps = self.trainable_steps(traj)
         n_t = max(1, round(len(steps) * c.timestep_fraction))

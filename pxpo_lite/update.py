@@ -24,13 +24,14 @@ call :func:`policy_gradient_step`. One call is one optimiser step (docs/paper.md
 the sample, its prompt and the timestep; the gradients are cleared and the optimiser step is
 skipped, so the weights are untouched.
 
-Which timesteps can be trained: those with σ_t > 0 (:func:`trainable_steps`, from
-:func:`pxpo_lite.ddim.trainable_step_indices`, the package's one threshold).
+Which timesteps can be trained: those with σ_t > 0 (:func:`pxpo_lite.steps.trainable_steps`, from
+:func:`pxpo_lite.ddim.trainable_step_indices`, the package's one threshold). ``update.Keep``,
+``update.trainable_steps`` and ``update.schedule`` are re-exports of :mod:`pxpo_lite.keep` and
+:mod:`pxpo_lite.steps`, their homes.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -39,10 +40,10 @@ import torch
 
 from . import keep as keep_lib
 from .config_checks import check_positive_int
-from .ddim import trainable_step_indices
-from .lora import unwrap
+from .keep import Keep
 from .losses import NonFiniteError, ddpo_loss, imageratio_loss, pxpo_loss
 from .sampling import step_log_probs
+from .steps import schedule, trainable_steps  # noqa: F401 (re-exported: their home is steps.py)
 
 LOSSES = {"ddpo": ddpo_loss, "pxpo": pxpo_loss, "pxpo_imageratio": imageratio_loss}
 """Method name -> per-timestep loss ``(log_prob, old_log_prob, advantages, clip_range) -> (loss, info)``."""
@@ -60,51 +61,6 @@ class StepResult:
     grad_norm: float
 
 
-@dataclass
-class Keep:
-    """The per-pixel keep term of an update: β·mean(w·KL(π_θ ‖ π_ref)) per (samples, step) pair.
-
-    ``beta`` ≥ 0 (0: off — no extra forward, the update is the plain one); ``weights``: None
-    (w ≡ 1, the global KL of notebooks 03/04) or per-sample maps (B,h,w) / (1,h,w) on the sample
-    grid, ≥ 0, 1 = keep, 0 = free to change (``keep.keep_weights_from_heatmap`` /
-    ``keep_weights_from_mask``; notebook 06); ``reference_unet``: the frozen reference for
-    full-UNet training (``keep.frozen_copy``), None for LoRA (adapters disabled give μ_ref).
-    """
-
-    beta: float = 0.0
-    weights: torch.Tensor | None = None
-    reference_unet: torch.nn.Module | None = None
-
-    def __post_init__(self):
-        self.beta = keep_lib.check_beta(self.beta)
-        if self.weights is not None:
-            if not isinstance(self.weights, torch.Tensor) or self.weights.ndim != 3:
-                raise ValueError(f"Keep.weights must be None or a tensor (B,h,w) on the sample grid, got "
-                                 f"{getattr(self.weights, 'shape', type(self.weights).__name__)}; make it with keep.keep_weights_from_heatmap")
-            if not torch.isfinite(self.weights).all() or (self.weights < 0).any():
-                raise ValueError("Keep.weights must be finite and >= 0 (1 = keep, 0 = free to change)")
-
-    @property
-    def active(self) -> bool:
-        return self.beta > 0
-
-    def term(self, pol: "keep_lib.StepGaussian", ref: "keep_lib.StepGaussian", idx: torch.Tensor) -> "keep_lib.KeepTerm":
-        """The keep term of one pair from the trained (``pol``) and reference (``ref``) step means."""
-        w = self.weights
-        if w is not None and w.shape[0] > 1:
-            w = w[idx.to(w.device)]
-        return keep_lib.keep_term(pol.mean, ref.mean, pol.sigma, w, self.beta)
-
-
-# --------------------------------------------------------------------------------------------
-# Which steps carry a policy
-# --------------------------------------------------------------------------------------------
-def _is_flow(scheduler) -> bool:
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    return isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
-
-
 def _scorers(traj):
     """(step_log_probs, steps_means) for ``traj``: the SDE step's for a flow trajectory, DDIM's otherwise."""
     from . import flow_sampling  # imports pxpo_lite.flow, which imports the trainer: not at module level
@@ -112,38 +68,6 @@ def _scorers(traj):
     if isinstance(traj, flow_sampling.FlowTrajectory):
         return flow_sampling.step_log_probs, flow_sampling.steps_means
     return step_log_probs, keep_lib.steps_means
-
-
-def schedule(pipe, num_steps: int):
-    """A copy of ``pipe.scheduler`` set to ``num_steps`` DDIM steps (the pipeline's own is left as it is)."""
-    from diffusers import DDIMScheduler  # heavy import, only needed for the type check
-
-    if not isinstance(pipe.scheduler, DDIMScheduler):
-        raise TypeError(
-            f"pipe.scheduler must be a DDIMScheduler, got {type(pipe.scheduler).__name__}; "
-            "set `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` first."
-        )
-    s = copy.copy(pipe.scheduler)
-    s.set_timesteps(num_steps)
-    return s
-
-
-def trainable_steps(pipe, num_steps: int, eta: float) -> list[int]:
-    """Indices of the DDIM steps with σ_t > 0 (a Gaussian action) for ``num_steps`` steps at ``eta``.
-
-    Raises ValueError when there is none (e.g. ``num_steps=1`` on a "trailing" schedule whose
-    only step is deterministic): a policy gradient would then train nothing.
-    """
-    if _is_flow(pipe.scheduler):  # Flow-GRPO's SDE: every step has σ_t > 0 (pxpo_lite.flow)
-        return list(range(check_positive_int("num_steps", num_steps)))
-    s = schedule(pipe, num_steps)
-    steps = trainable_step_indices(s, s.timesteps, eta)
-    if not steps:
-        raise ValueError(
-            f"num_steps={num_steps} at eta={eta} gives no stochastic DDIM step (σ_t = 0 at every step of the schedule "
-            f"{[int(t) for t in s.timesteps]}): there is no policy to train. Use num_steps >= 2."
-        )
-    return steps
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,20 +177,6 @@ def group_pairs(pairs: Sequence[tuple[torch.Tensor, int]], timestep_batch: int) 
     return groups
 
 
-def _check_reference(reference_unet, pipe, params) -> None:
-    """Refuse a keep reference that shares weights with the trained model: μ_ref would move with μ_θ
-    and the keep term would stay exactly 0 without a word (e.g. ``Keep(beta, None, pipe.unet)``)."""
-    if reference_unet is None:
-        return
-    ptrs = lambda ps: {p.data_ptr() for p in ps if p.numel()}  # noqa: E731
-    shared = ptrs(unwrap(reference_unet).parameters()) & (ptrs(params) | ptrs(unwrap(pipe.unet).parameters()))
-    if shared:
-        raise ValueError(
-            f"Keep.reference_unet shares {len(shared)} weight tensor(s) with the trained pipe.unet, so the reference "
-            "moves with the policy and the keep term is always 0; pass reference_unet=keep.frozen_copy(pipe.unet) "
-            "made before training (full UNet), or None with LoRA (the adapters switched off give the reference)")
-
-
 # --------------------------------------------------------------------------------------------
 # One optimiser step
 # --------------------------------------------------------------------------------------------
@@ -312,12 +222,12 @@ def policy_gradient_step(
     """
     check_advantages(method, advantages, traj)
     if keep is not None and not isinstance(keep, Keep):
-        raise TypeError(f"keep must be an update.Keep(beta, weights, reference_unet) or None, got {type(keep).__name__}")
+        raise TypeError(f"keep must be a keep.Keep(beta, weights, reference_unet) or None, got {type(keep).__name__}")
     use_keep = keep is not None and keep.active
     if use_keep and keep.weights is not None and keep.weights.shape[0] not in (1, len(traj)):
         raise ValueError(f"Keep.weights has {keep.weights.shape[0]} maps but the trajectory has {len(traj)} samples; give one per sample or one for all")
     if use_keep:
-        _check_reference(keep.reference_unet, pipe, params)
+        keep.check_reference(pipe, params)
     if not pairs:
         raise ValueError("pairs is empty: an optimiser step needs at least one (sample indices, timestep index) pair")
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext

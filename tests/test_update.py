@@ -266,7 +266,7 @@ def test_keep_bad_arguments_are_named():
         Keep(1.0, torch.ones(32, 32))
     with pytest.raises(ValueError, match="finite and >= 0"):
         Keep(1.0, -torch.ones(1, 32, 32))
-    with pytest.raises(TypeError, match="keep must be an update.Keep"):
+    with pytest.raises(TypeError, match="keep must be a keep.Keep"):
         policy_gradient_step(pipe, traj, torch.zeros(2), [(torch.arange(2), 0)], opt, params, method="ddpo", keep=1.0)
     with pytest.raises(ValueError, match="Keep.weights has 3 maps but the trajectory has 2 samples"):
         policy_gradient_step(pipe, traj, torch.zeros(2), [(torch.arange(2), 0)], opt, params, method="ddpo",
