@@ -15,8 +15,10 @@ matches their intent. Each **round** here is
    liked pixels' sampled transitions become more likely (they stay), disliked ones less likely
    (they change); the keep term (``keep_beta``) holds everything else near the base model, with
    a weight that is 0 in a disliked stroke and rises to 1 over ``keep_ramp`` pixels outside it;
-4. the image is regenerated with the same seed (same x_T and the same noise at every step), and
-   the change |after − before| is measured inside and outside the painted area.
+4. the image is regenerated with the same seed (same x_T and the same noise at every step) —
+   by default only inside the strokes disliked so far, blended step by step with the first
+   image's trajectory everywhere else (``composite``, :mod:`pxpo_lite.composite`) — and the
+   change |after − before| is measured inside and outside the painted area.
 
 A :class:`FeedbackSession` keeps the prompt, the seed, every painted map, the adapters after
 each round, each round's image and its measurements, and **saves them to a folder after every
@@ -67,7 +69,7 @@ class RefineConfig:
     num_steps: int = 20            # T, DDIM steps of the image's trajectory
     eta: float = 1.0               # DDIM η in (0, 1] (> 0: a stochastic policy with log-probs)
     guidance_scale: float | None = None  # None: the pipeline's default
-    learning_rate: float = 2e-3    # AdamW on the LoRA adapters (a fresh optimiser each round); measured with the keep ramp below
+    learning_rate: float = 4e-3    # AdamW on the LoRA adapters (a fresh optimiser each round); chosen with the composite below
     updates_per_round: int = 4     # optimiser steps on the one trajectory per round
     clip_range: float | None = None  # None: score-function PXPO (the paper); a float: element-wise PPO clip
     advantage_scale: float = 1.0   # A = advantage_scale · painted value
@@ -78,7 +80,7 @@ class RefineConfig:
     keep_liked: bool = True        # True: liked pixels are kept too (w = 1 there); False: only unpainted pixels are kept
     keep_ramp: float | None = KEEP_RAMP  # pixels: keep weight 0 in a disliked stroke, rising to 1 this far outside it (keep_ramp.py); None: a hard edge
     dislike_scale: float = DISLIKE_SCALE  # disliked pixels' advantages × this (liked ones × 1)
-    composite: bool = False        # True: regenerate only the disliked strokes (+ ramp) and keep every other pixel of the first image (composite.py)
+    composite: bool = True         # True: redraw only the strokes disliked so far (+ ramp), every other pixel stays the first image's (composite.py)
     timestep_batch: int | None = None  # timesteps scored per UNet forward (same result to float rounding); None: update.resolve_timestep_batch
 
     #: names used by sessions saved before the rename; :meth:`from_dict` maps/ignores them

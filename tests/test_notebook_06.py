@@ -21,6 +21,9 @@ def check_06(results: dict) -> None:
         assert isinstance(v, float) and math.isfinite(v) and 0 <= v <= 1, (k, v)
     assert results["change_inside_disliked"] > 0  # the update did something where it was asked to
     assert results["hair_pixels_before"] >= 0 and results["hair_pixels_after"] >= 0
+    for k in ("new_seed_change_part", "new_seed_change_rest"):  # section 5c: what the model learned, on a new seed
+        v = results[k]
+        assert isinstance(v, float) and math.isfinite(v) and 0 <= v <= 1, (k, v)
 
 
 def test_notebook_06_synthetic_smoke(executed_notebook):
