@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -76,3 +77,19 @@ def check_bool(name: str, value) -> None:
     """Raise ValueError unless ``value`` is True or False (not 0/1, not a str)."""
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+#: The default of a renamed keyword's old name: tells "not given" from an explicit None.
+NOT_GIVEN = object()
+
+
+def renamed_keyword(where: str, old: str, old_value, new: str, new_value, default=None, stacklevel: int = 3):
+    """The value of keyword ``new``, also when given by its old name ``old`` (issue 20, one meaning per
+    name): that works and warns (DeprecationWarning, naming the new keyword); both given is a TypeError.
+    ``old_value`` is :data:`NOT_GIVEN` when the caller did not use the old name."""
+    if old_value is NOT_GIVEN:
+        return new_value
+    if new_value is not default:
+        raise TypeError(f"{where}: give {new}= only ({old}= is its old name)")
+    warnings.warn(f"{where}({old}=...) is renamed {new}=...; {old}= still works for now", DeprecationWarning, stacklevel=stacklevel)
+    return old_value

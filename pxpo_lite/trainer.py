@@ -52,6 +52,7 @@ from . import lora
 from . import rewards as rewards_mod
 from .advantages import PerPromptStatTracker, clip_advantages, spread_advantages, uninformed_map
 from .checkpoint import check_save_target
+from .config_checks import NOT_GIVEN, renamed_keyword
 from .pixelwise import to_sample_grid
 from .regions import MultiChannelReward
 from .sampling import Trajectory, sample
@@ -245,12 +246,14 @@ class Trainer:
 
     # -- step 4: optimise on one batch of trajectories ------------------------------------------
     def optimise(self, traj: Trajectory, advantages: torch.Tensor, generator: torch.Generator | None = None,
-                 keep_weights: torch.Tensor | None = None) -> dict:
+                 keep_map: torch.Tensor | None = None, *, keep_weights=NOT_GIVEN) -> dict:
         """``inner_epochs`` passes of optimiser steps on ``traj`` with fixed ``advantages`` ((B,) DDPO,
-        (B,h,w) PXPO) and, with ``keep_beta`` > 0, the keep term (``keep_weights`` (B,h,w) or None);
+        (B,h,w) PXPO) and, with ``keep_beta`` > 0, the keep term (``keep_map``: the keep weights (B,h,w) on the
+        sample grid, or None; its old name ``keep_weights=`` warns: that is the Trainer's map function);
         returns the diagnostics averaged over every (micro-batch, timestep) pair."""
         c, acc = self.config, self.accelerator
-        keep = keep_lib.Keep(c.keep_beta, keep_weights, self.reference_unet) if c.keep_beta > 0 else None
+        keep_map = renamed_keyword("Trainer.optimise", "keep_weights", keep_weights, "keep_map", keep_map)
+        keep = keep_lib.Keep(c.keep_beta, keep_map, self.reference_unet) if c.keep_beta > 0 else None
         g = generator if generator is not None else _gen(c.seed, self.epoch, acc.process_index, "update")
         steps = self.trainable_steps(traj)
         n_t = max(1, round(len(steps) * c.timestep_fraction))
@@ -284,10 +287,10 @@ class Trainer:
         # 3. advantages, normalised over all processes: (B,) DDPO | (B,h,w) PXPO on the sample grid
         adv = self.compute_advantages(traj.prompts, rewards, tuple(traj.latents.shape[-2:]))
         channels = self._channel_means()  # per-channel rewards of a MultiChannelReward, before anything else calls it
-        keep_w = (keep_lib.keep_weights_from_fn(self.keep_weights, traj.images, traj.prompts, tuple(traj.latents.shape[-2:]))
-                  if self.keep_weights is not None else None)
+        keep_map = (keep_lib.keep_weights_from_fn(self.keep_weights, traj.images, traj.prompts, tuple(traj.latents.shape[-2:]))
+                    if self.keep_weights is not None else None)
         # 4. optimise: inner epochs × micro-batches × random stochastic timesteps (+ the keep term)
-        info = self.optimise(traj, adv, _gen(c.seed, self.epoch, acc.process_index, "update"), keep_w)
+        info = self.optimise(traj, adv, _gen(c.seed, self.epoch, acc.process_index, "update"), keep_map)
         t2 = time.perf_counter()
         # 5. log (rewards of all processes)
         image_r = rewards.mean(dim=(1, 2)) if rewards.ndim == 3 else rewards  # (B,)

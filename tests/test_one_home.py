@@ -39,3 +39,60 @@ def test_step_gaussians_is_the_one_rescoring_function():
 def test_modules_stay_under_400_lines(module):
     src = importlib.util.find_spec(f"pxpo_lite.{module}").loader.get_source(f"pxpo_lite.{module}")
     assert len(src.splitlines()) <= 400
+
+
+# ---------------------------------------------------------------------------- one meaning per name
+def test_keep_weights_is_the_trainers_map_function_and_keep_map_the_tensor(monkeypatch):
+    import copy
+    import inspect
+
+    import torch
+
+    from pxpo_lite import trainer as trainer_mod, update
+    from pxpo_lite.models import build_tiny_pipeline
+
+    assert "keep_weights" in inspect.signature(trainer_mod.Trainer).parameters  # fn(images, prompts) -> (B,H,W)
+    assert inspect.signature(trainer_mod.Trainer.optimise).parameters["keep_weights"].kind is inspect.Parameter.KEYWORD_ONLY
+    cfg = trainer_mod.TrainConfig(num_steps=3, samples_per_epoch=2, sample_batch_size=2, train_batch_size=2, keep_beta=1.0,
+                                  progress=False)
+    tr = trainer_mod.Trainer(copy.deepcopy(build_tiny_pipeline(0)), "blue", cfg, prompts=["a bald portrait"])
+    seen = []
+    info = {"loss": 0.0, "ratio_min": 1.0, "ratio_max": 1.0}
+    monkeypatch.setattr(trainer_mod, "policy_gradient_step", lambda *a, keep=None, **k: seen.append(keep) or update.StepResult([info], 0.0))
+    traj, _ = tr.sample_and_score(n=2, generator=torch.Generator().manual_seed(0))
+    w = torch.rand(2, 32, 32)
+    tr.optimise(traj, torch.zeros(2), keep_map=w)
+    with pytest.warns(DeprecationWarning, match=r"Trainer\.optimise\(keep_weights=\.\.\.\) is renamed keep_map="):
+        tr.optimise(traj, torch.zeros(2), keep_weights=w)  # the old keyword still works
+    assert len(seen) == 2 and all(k.weights is w for k in seen)
+    with pytest.raises(TypeError, match="give keep_map= only"):
+        tr.optimise(traj, torch.zeros(2), keep_map=w, keep_weights=w)
+
+
+def test_keep_beta_names_one_beta():
+    import pxpo_lite.experiments as E
+    from pxpo_lite import feedback
+    from pxpo_lite.experiments import credit
+
+    assert feedback.KEEP_BETA == 10.0 and credit.CREDIT_KEEP_BETA == 1.0  # two defaults, two names
+    assert E.KEEP_BETA == credit.KEEP_BETA == E.CREDIT_KEEP_BETA  # the old name still works
+    assert "CREDIT_KEEP_BETA" in E.__all__ and "KEEP_BETA" not in E.__all__
+    import inspect
+
+    for fn in (credit.run_credit, credit.pilot_lr, credit.benchmark):
+        assert inspect.signature(fn).parameters["keep_beta"].default == credit.CREDIT_KEEP_BETA
+
+
+def test_one_spelling_of_summarise():
+    import ast
+    from pathlib import Path
+
+    import pxpo_lite
+    import pxpo_lite.experiments as E
+
+    defined = [(p.name, n.name) for p in Path(pxpo_lite.__file__).parent.rglob("*.py")
+               for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+               if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and "summariz" in n.name.lower()]
+    assert not defined, defined
+    assert E.summarize is E.summarise and E.summarize_credit is E.summarise_credit  # old spellings: aliases
+    assert {"summarise", "summarise_credit"} <= set(E.__all__) and not any("summariz" in n for n in E.__all__)

@@ -41,6 +41,7 @@ from .credit import (
     CREDIT_LABELS,
     CREDIT_METHODS,
     CREDITS,
+    CREDIT_KEEP_BETA,
     KEEP_BETA,
     LR_GRID,
     benchmark,
@@ -51,6 +52,7 @@ from .credit import (
     pilot_lr,
     region_change,
     run_credit,
+    summarise_credit,
     summarize_credit,
 )
 from .evaluation import (
@@ -82,7 +84,7 @@ from .runs import (
     make_config,
     run,
 )
-from .sweeps import compare, final_reward, mean_curve, result_to_json, samples_to_reach, smooth, summarize
+from .sweeps import compare, final_reward, mean_curve, result_to_json, samples_to_reach, smooth, summarise, summarize
 from .stats import bootstrap_ci, bootstrap_samples_to_target, samples_to_target, select_lr
 from .tasks import PAPER, TASKS, Task, get_task, has_blue, task_prompts
 
@@ -91,12 +93,12 @@ __all__ = [
     "FidelityTracker", "RunResult", "Task", "check_budget", "compare", "effect_size", "eval_prompts", "fidelity_other",
     "final_reward", "generate", "get_task", "grouped_prompts", "has_blue", "make_config", "mean_curve",
     "measure_heldout", "paper_effect", "paper_table", "pick_examples", "plot_before_after", "plot_comparison",
-    "result_to_json", "run", "samples_to_reach", "smooth", "summarize", "table_row", "task_prompts",
+    "result_to_json", "run", "samples_to_reach", "smooth", "summarise", "table_row", "task_prompts",
     # region tasks and the credit-assignment benchmark
-    "CREDITS", "CREDIT_LABELS", "CREDIT_METHODS", "KEEP_BETA", "LABELS", "LR_GRID", "TASKS", "benchmark",
+    "CREDITS", "CREDIT_KEEP_BETA", "CREDIT_LABELS", "CREDIT_METHODS", "LABELS", "LR_GRID", "TASKS", "benchmark",
     "bootstrap_ci", "bootstrap_samples_to_target", "credit_table", "credit_task", "evaluate",
     "parse_method", "credit_goals", "map_jobs", "pilot_lr", "plot_credit_assignment", "region_change", "run_credit", "samples_to_target",
-    "select_lr", "summarize_credit",
+    "select_lr", "summarise_credit",
     # the credit frontier
     "ALL_METHODS", "FRONTIER_METHODS", "RunCache", "run_frontier", "frontier_goals", "frontier_setting", "frontier_table", "plot_frontier",
 ]

@@ -24,7 +24,7 @@ grid (one seed), and ``stats.select_lr`` keeps the largest whose held-out prompt
 the end stays ≥ 90 %. :func:`benchmark` then runs every method on the same model, prompts,
 seeds and sample budget, measures each final model on held-out noise seeds (reward, the
 paper's effect size, fidelity, and for region tasks the change inside vs outside the region:
-:func:`region_change`), and :func:`summarize_credit` reports samples-to-target (target:
+:func:`region_change`), and :func:`summarise_credit` reports samples-to-target (target:
 DDPO's final reward) with bootstrap intervals over seeds. The effect-vs-fidelity frontier over
 lr and β grids, with settings chosen on other seeds than those reported, is
 :mod:`pxpo_lite.experiments.frontier`.
@@ -63,8 +63,10 @@ CREDIT_LABELS = {"image": "per-image credit (DDPO)", "region": "per-region credi
                  "pixel-imageratio": "per-pixel advantages, image ratio (control)"}
 CREDIT_LABELS.update({f"{k}+keep": f"{v} + keep" for k, v in list(CREDIT_LABELS.items())})
 
-KEEP_BETA = 1.0
-"""Default global β of the keep term for the ``+keep`` methods (not tuned; the CLI's ``--keep-beta``)."""
+CREDIT_KEEP_BETA = 1.0
+"""Default global β of the keep term for the ``+keep`` methods (not tuned; the CLI's ``--keep-beta``); not
+``feedback.KEEP_BETA`` (10.0, the painted-feedback session's β)."""
+KEEP_BETA = CREDIT_KEEP_BETA  # its old name, kept so that E.KEEP_BETA (notebooks 04, 05) still works
 
 LR_GRID = (1e-5, 3e-5, 1e-4, 3e-4)
 """The learning rates the pilot tries for every method × task."""
@@ -92,7 +94,7 @@ def credit_task(task: Task, credit: str, segmenter=None) -> Task:
 
 
 def run_credit(base_pipe, task: Task, method: str, budget: int, seed: int = 0, learning_rate: float | None = None,
-               keep_beta: float = KEEP_BETA, segmenter=None, keep_pipe: bool = False, callback=None, **overrides) -> RunResult:
+               keep_beta: float = CREDIT_KEEP_BETA, segmenter=None, keep_pipe: bool = False, callback=None, **overrides) -> RunResult:
     """:func:`~pxpo_lite.experiments.run` with a credit method (see :data:`CREDIT_METHODS`).
 
     The result's ``method`` is the credit method's name and ``cpu_seconds`` (an added
@@ -167,7 +169,7 @@ def evaluate(pipe, task: Task, before: dict, per_prompt: int, segmenter, key: st
 
 def pilot_lr(base_pipe, task: Task, method: str, lr_grid: Sequence[float] = LR_GRID, budget: int = 64, seed: int = 0,
              before: dict | None = None, per_prompt: int = 4, segmenter=None, threshold: float = FIDELITY_THRESHOLD,
-             key: str = "auto", keep_beta: float = KEEP_BETA, stop_after_fail: bool = True, track_every: int = 0,
+             key: str = "auto", keep_beta: float = CREDIT_KEEP_BETA, stop_after_fail: bool = True, track_every: int = 0,
              **overrides) -> dict:
     """One pilot run per learning rate (seed ``seed``), fidelity at its end, then ``stats.select_lr``.
 
@@ -216,7 +218,7 @@ def _run_record(r: RunResult, ev: dict, track: FidelityTracker | None, key: str)
 def benchmark(base_pipe, tasks: Sequence[Task], methods: Sequence[str] = CREDIT_METHODS, seeds: Sequence[int] = (0, 1, 2, 3, 4),
               budget: int = 160, lr_grid: Sequence[float] | None = LR_GRID, lr_table: dict | None = None, pilot_seed: int = 0,
               pilot_budget: int | None = None, threshold: float = FIDELITY_THRESHOLD, key: str = "auto", per_prompt: int = 4,
-              window: int = 3, n_boot: int = 2000, keep_beta: float = KEEP_BETA, track_every: int = 0, segmenter=None,
+              window: int = 3, n_boot: int = 2000, keep_beta: float = CREDIT_KEEP_BETA, track_every: int = 0, segmenter=None,
               log=print, **overrides) -> dict:
     """Every method × task × seed from the same model, prompts, seeds and budget, each method at
     its own learning rate: from ``lr_table[task][method]`` if given there, else by :func:`pilot_lr`
@@ -263,7 +265,7 @@ def benchmark(base_pipe, tasks: Sequence[Task], methods: Sequence[str] = CREDIT_
                 log(f"[{task.name}] {m} seed {s}: final {out['runs'][task.name][m][-1]['reward'][-1]:.4f}, effect "
                     f"{ev['effect_std']:+.2f} std, fidelity ({k}) {ev['fidelity']}, {r.cpu_seconds:.0f} s CPU")
     out["timing"].update(wall_s=round(time.perf_counter() - t0, 1), cpu_s=round(time.process_time() - c0, 1))
-    out["summary"] = summarize_credit(out["runs"], budget, window, n_boot, threshold)
+    out["summary"] = summarise_credit(out["runs"], budget, window, n_boot, threshold)
     return out
 
 
@@ -275,7 +277,7 @@ def _mean_ci(values, n_boot) -> dict:
     return {"mean": float(np.mean(v)), "lo": lo, "hi": hi}
 
 
-def summarize_credit(runs: dict, budget: int, window: int = 3, n_boot: int = 2000, threshold: float = FIDELITY_THRESHOLD,
+def summarise_credit(runs: dict, budget: int, window: int = 3, n_boot: int = 2000, threshold: float = FIDELITY_THRESHOLD,
                      target_method: str = "image") -> dict:
     """Per task and method: final reward, effect, fidelity (means with bootstrap 95 % intervals over
     seeds), samples-to-target with its interval (target: ``target_method``'s seed-mean final
@@ -315,6 +317,9 @@ def summarize_credit(runs: dict, budget: int, window: int = 3, n_boot: int = 200
             s["methods"][m] = row
         out[task] = s
     return out
+
+
+summarize_credit = summarise_credit  # the old spelling (one spelling in the package: summarise), kept for old code
 
 
 GOALS = {"fraction_of_target_samples": 0.25, "effect_std": {"colour": 1.0, "hair": 2.0}, "fidelity": FIDELITY_THRESHOLD}

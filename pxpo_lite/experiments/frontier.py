@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .credit import KEEP_BETA, fidelity_key, parse_method, run_credit
+from .credit import CREDIT_KEEP_BETA, fidelity_key, parse_method, run_credit
 from .evaluation import FidelityTracker, measure_heldout
 from .stats import bootstrap_ci
 from .tasks import Task
@@ -131,7 +131,7 @@ def run_point(base_pipe, task: Task, method: str, lr: float, beta: float | None,
         if record["epoch"] % track_every == 0 or record["epoch"] == epochs:
             track.measure(pipe, record["n_samples"])
 
-    r = run_credit(base_pipe, task, method, budget, seed, lr, beta if keep else KEEP_BETA, segmenter, callback=callback,
+    r = run_credit(base_pipe, task, method, budget, seed, lr, beta if keep else CREDIT_KEEP_BETA, segmenter, callback=callback,
                    **overrides)
     k = fidelity_key(task)
     path = []

@@ -98,13 +98,13 @@ def compare(base_pipe, tasks: Sequence[Task], methods: Sequence[str] = ("ddpo", 
         runs[task.name][m].append(r)
         if ev is not None:
             evals.setdefault(task.name, {})[m] = ev
-    out = {"runs": runs, "summary": summarize(runs, window)}
+    out = {"runs": runs, "summary": summarise(runs, window)}
     if evals:
         out["eval"] = evals
     return out
 
 
-def summarize(runs: dict, window: int = 3) -> dict:
+def summarise(runs: dict, window: int = 3) -> dict:
     """Final rewards and samples-to-reach-DDPO's-final for a ``compare`` result's runs."""
     out: dict = {}
     for task, by_method in runs.items():
@@ -137,6 +137,9 @@ def summarize(runs: dict, window: int = 3) -> dict:
                 s["methods"][m]["fraction_of_ddpo_budget"] = None if n is None else n / budget
         out[task] = s
     return out
+
+
+summarize = summarise  # the old spelling (one spelling in the package: summarise), kept for old code
 
 
 def result_to_json(result: dict) -> dict:
