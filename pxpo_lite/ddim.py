@@ -58,15 +58,18 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 # --------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------
-def check_scheduler(scheduler) -> None:
-    """Raise unless ``scheduler`` is a diffusers ``DDIMScheduler`` whose timesteps are set."""
+def check_scheduler(scheduler, name: str = "scheduler", need_timesteps: bool = True) -> None:
+    """Raise unless ``scheduler`` is a diffusers ``DDIMScheduler`` whose timesteps are set (``need_timesteps``).
+
+    The package's one scheduler-type check (sampling, re-scoring, :mod:`pxpo_lite.steps`); ``name`` is
+    what the message calls it (``"pipe.scheduler"`` where a pipeline was given)."""
     if not isinstance(scheduler, DDIMScheduler):
         raise TypeError(
-            f"scheduler must be a diffusers DDIMScheduler, got {type(scheduler).__name__}. "
+            f"{name} must be a diffusers DDIMScheduler, got {type(scheduler).__name__}. "
             "Only DDIM with eta > 0 gives a Gaussian step with a log-probability; "
             "replace it with `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`."
         )
-    if scheduler.num_inference_steps is None:
+    if need_timesteps and scheduler.num_inference_steps is None:
         raise ValueError(
             "scheduler has no timesteps yet (scheduler.num_inference_steps is None); "
             "call `scheduler.set_timesteps(num_steps)` before stepping."

@@ -24,7 +24,6 @@ import types
 from typing import NamedTuple
 
 import torch
-from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
@@ -140,7 +139,7 @@ def sample(
             the first chunk, then of the second, ...), so the result equals calling ``sample`` on
             each chunk in order and concatenating with :meth:`Trajectory.cat`.
     """
-    _check_scheduler_type(pipe)
+    check_scheduler(pipe.scheduler, "pipe.scheduler", need_timesteps=False)
     eta = check_eta(eta)
     if as_int(num_steps) is None or as_int(num_steps) < 1:  # np.int64(4) is an int; a bool or 2.5 is not
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
@@ -212,17 +211,9 @@ def _check_latents(pipe, latents, batch_size: int) -> None:
         raise TypeError(f"latents must be a floating-point tensor (x_T ~ N(0, I)), got dtype {latents.dtype}")
 
 
-def _check_scheduler_type(pipe) -> None:
-    if not isinstance(pipe.scheduler, DDIMScheduler):
-        raise TypeError(
-            f"pipe.scheduler must be a DDIMScheduler, got {type(pipe.scheduler).__name__}; "
-            "set `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` first."
-        )
-
-
 def sync_scheduler(pipe, traj: Trajectory):
     """Make pipe.scheduler use the trajectory's schedule (set_timesteps(T) if needed) and check it."""
-    _check_scheduler_type(pipe)
+    check_scheduler(pipe.scheduler, "pipe.scheduler", need_timesteps=False)
     s = pipe.scheduler
     T = traj.num_steps
     if s.num_inference_steps != T or s.timesteps.shape[0] != T or not torch.equal(s.timesteps.cpu(), traj.timesteps.cpu()):
@@ -232,7 +223,6 @@ def sync_scheduler(pipe, traj: Trajectory):
             f"the trajectory was sampled with timesteps {traj.timesteps.tolist()} but pipe.scheduler gives "
             f"{s.timesteps.tolist()} for {T} steps: re-score with the scheduler (config) it was sampled with."
         )
-    check_scheduler(s)
     return s
 
 

@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import copy
 
-from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from .config_checks import check_positive_int
-from .ddim import trainable_step_indices
+from .ddim import check_scheduler, trainable_step_indices
 
 __all__ = ["schedule", "trainable_steps"]
 
 
 def schedule(pipe, num_steps: int):
     """A copy of ``pipe.scheduler`` set to ``num_steps`` DDIM steps (the pipeline's own is left as it is)."""
-    if not isinstance(pipe.scheduler, DDIMScheduler):
-        raise TypeError(
-            f"pipe.scheduler must be a DDIMScheduler, got {type(pipe.scheduler).__name__}; "
-            "set `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` first."
-        )
+    check_scheduler(pipe.scheduler, "pipe.scheduler", need_timesteps=False)
     s = copy.copy(pipe.scheduler)
     s.set_timesteps(num_steps)
     return s

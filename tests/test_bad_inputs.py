@@ -178,7 +178,7 @@ BAD_INPUTS: list[BadInput] = [
     BadInput("sampling", "batch_size = 0", lambda: _sample(batch_size=0), ValueError,
              r"batch_size must be None \(all prompts at once\) or an int >= 1, got 0"),
     BadInput("sampling", "pipe.scheduler is not DDIM", lambda: sampling.sample(_non_ddim_pipe(), ["a portrait"], progress=False),
-             TypeError, r"pipe.scheduler must be a DDIMScheduler, got EulerDiscreteScheduler"),
+             TypeError, r"pipe.scheduler must be a diffusers DDIMScheduler, got EulerDiscreteScheduler"),
     BadInput("sampling", "step_index past the last step", lambda: sampling.step_log_prob(_pipe(), _traj(), 2), ValueError,
              r"step_index must be an int in \[0, 2\) \(the trajectory has T=2 steps\), got 2"),
     BadInput("sampling", "sample index out of range", lambda: _traj().select([5]), IndexError,
@@ -405,6 +405,96 @@ BAD_INPUTS += [
     BadInput("sampling", "a step_index tensor on the meta device",
              lambda: sampling.step_log_prob(_pipe(), _traj(), torch.tensor(0, device="meta")),
              ValueError, r"step_index is a tensor on the 'meta' device"),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _flow_scheduler(steps: int = 10, invert_sigmas: bool = False):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    s = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, invert_sigmas=invert_sigmas)
+    s.set_timesteps(steps)
+    return s
+
+
+def _sde(**kw):
+    """flow.sde_step_logprob on a 10-step flow schedule, x_t and v (1, 3, 4, 4); ``kw`` replaces any argument."""
+    from pxpo_lite import flow
+
+    s = kw.pop("scheduler") if "scheduler" in kw else _flow_scheduler()
+    args = dict(model_output=_x(), timestep=s.timesteps[0], sample=_x())
+    args.update(kw)
+    return flow.sde_step_logprob(s, args.pop("model_output"), args.pop("timestep"), args.pop("sample"), **args)
+
+
+@functools.lru_cache(maxsize=None)
+def _flow_pipe():
+    from pxpo_lite.flow_models import build_tiny_flow_pipeline
+
+    return build_tiny_flow_pipeline(0)
+
+
+def _flow_trainer(group_size: int, samples: int = 4):
+    import copy
+
+    from pxpo_lite import flow
+    from pxpo_lite.trainer import TrainConfig
+
+    return flow.FlowTrainer(copy.deepcopy(_flow_pipe()), "blue", TrainConfig(samples_per_epoch=samples, sample_batch_size=samples,
+                            train_batch_size=2), group_size=group_size)
+
+
+_NOISE = r"noise_level must be a finite number > 0 \(Flow-GRPO's a in σ_t = a·√\(t/\(1−t\)\); flow_grpo uses 0\.7\), got "
+
+# Issue 23: Flow-GRPO (flow, flow_sampling) and GRPO's group advantages
+BAD_INPUTS += [
+    BadInput("flow", "a DDIMScheduler to the SDE step", lambda: _sde(scheduler=_scheduler(), timestep=_scheduler().timesteps[0]),
+             ValueError, r"scheduler must be a flow-matching scheduler \(diffusers' FlowMatchEulerDiscreteScheduler\), got DDIMScheduler.*"
+             r"a DDIM pipeline is trained with pxpo_lite.sample / ddim_step_logprob"),
+    BadInput("flow", "noise_level = 0 (the deterministic ODE)", lambda: _sde(noise_level=0.0), ValueError,
+             _NOISE + r"0\.0\. With 0 the step is the deterministic ODE and has no log-probability"),
+    BadInput("flow", "noise_level < 0", lambda: _sde(noise_level=-0.5), ValueError, _NOISE + r"-0\.5"),
+    BadInput("flow", "noise_level = NaN", lambda: _sde(noise_level=NAN), ValueError, _NOISE + r"nan"),
+    BadInput("flow", "noise_level = inf", lambda: _sde(noise_level=INF), ValueError, _NOISE + r"inf"),
+    BadInput("flow", "noise_level = True (bool)", lambda: _sde(noise_level=True), ValueError, _NOISE + r"True"),
+    BadInput("flow", "noise_level = '0.7' (a str)", lambda: _sde(noise_level="0.7"), ValueError, _NOISE + r"'0\.7'"),
+    BadInput("flow", "SDE step at a timestep not in the schedule", lambda: _sde(timestep=999.5), ValueError,
+             r"timestep 999\.5 is not in the scheduler's schedule \[1000\.0, 889\.0, .*\(num_inference_steps=10\)"),
+    BadInput("flow", "SDE step given the step index 3 as the timestep", lambda: _sde(timestep=3), ValueError,
+             r"timestep must be one of scheduler.timesteps \(a float, t·1000\), got int 3; pass scheduler.timesteps\[i\], not the index i"),
+    BadInput("flow", "SDE step with a model_output of other channels", lambda: _sde(model_output=_x((1, 2, 4, 4))), ValueError,
+             r"model_output has shape \(1, 2, 4, 4\) but sample has shape \(1, 3, 4, 4\); they must match"),
+    BadInput("flow", "SDE step with a prev_sample of another batch", lambda: _sde(prev_sample=_x((2, 3, 4, 4))), ValueError,
+             r"prev_sample has shape \(2, 3, 4, 4\) but sample has shape \(1, 3, 4, 4\)"),
+    BadInput("flow", "SDE step with a NaN in model_output", lambda: _sde(model_output=_with(_x(), (0, 1, 2, 3), NAN)),
+             losses.NonFiniteError, r"model_output has NaN/inf for sample\(s\) \[0\]: the step needs finite inputs"),
+    BadInput("flow", "SDE step with an inf in sample x_t", lambda: _sde(sample=_with(_x(), (0, 0, 0, 0), INF)),
+             losses.NonFiniteError, r"sample has NaN/inf for sample\(s\) \[0\]"),
+    BadInput("flow", "flow scheduler before set_timesteps",
+             lambda: _sde(scheduler=__import__("diffusers").FlowMatchEulerDiscreteScheduler(), timestep=1000.0), ValueError,
+             r"the scheduler has no timesteps yet \(num_inference_steps is None\); call scheduler.set_timesteps"),
+    BadInput("flow", "flow scheduler with invert_sigmas=True", lambda: _sde(scheduler=_flow_scheduler(4, True), timestep=1000.0),
+             ValueError, r"scheduler.config.invert_sigmas=True .* is not supported"),
+    BadInput("flow", "a meta-device model_output with a real sample to the SDE step",
+             lambda: _sde(model_output=torch.zeros((1, 3, 4, 4), device="meta")), ValueError,
+             r"model_output is a tensor on the 'meta' device \(shape \(1, 3, 4, 4\)\) but sample is on cpu: it has a shape but no values"),
+    BadInput("flow", "a meta-device timestep to the SDE step", lambda: _sde(timestep=torch.tensor(1000.0, device="meta")), ValueError,
+             r"timestep is a tensor on the 'meta' device \(shape \(\)\): it has a shape but no values"),
+    BadInput("flow", "FlowTrainer with group_size = 1", lambda: _flow_trainer(1), ValueError,
+             r"group_size must be an int >= 2 .*a group of 1 has no spread\), got 1"),
+    BadInput("flow", "FlowTrainer with samples per epoch not divisible by group_size", lambda: _flow_trainer(3), ValueError,
+             r"each process samples 4 trajectories per epoch, not divisible by group_size=3"),
+    BadInput("flow_sampling", "sample_flow on a DDIM pipeline", lambda: __import__("pxpo_lite.flow_sampling", fromlist=["x"]).sample_flow(
+             _pipe(), ["a portrait"], num_steps=2, progress=False), ValueError,
+             r"scheduler must be a flow-matching scheduler \(diffusers' FlowMatchEulerDiscreteScheduler\), got DDIMScheduler"),
+    BadInput("advantages", "group_advantages with a group of 1", lambda: advantages.group_advantages(torch.tensor([1.0, 2.0, 3.0]), ["a", "a", "b"]),
+             ValueError, r"1 prompt\(s\) have a group of 1 sample \(e\.g\. 'b'\): one sample has no spread\. Sample every prompt G >= 2 times"),
+    BadInput("advantages", "GroupStatTracker with 5 samples in groups of 2 (the last alone)",
+             lambda: advantages.GroupStatTracker().update(["a", "a", "b", "b", "c"], torch.arange(5.0)), ValueError,
+             r"1 prompt\(s\) have a group of 1 sample \(e\.g\. 'c'\)"),
+    BadInput("advantages", "group_pixel_advantages with every prompt once",
+             lambda: advantages.group_pixel_advantages(torch.zeros(2, 4, 4), ["a", "b"]), ValueError,
+             r"2 prompt\(s\) have a group of 1 sample \(e\.g\. 'a'\)"),
 ]
 
 

@@ -96,3 +96,28 @@ def test_one_spelling_of_summarise():
     assert not defined, defined
     assert E.summarize is E.summarise and E.summarize_credit is E.summarise_credit  # old spellings: aliases
     assert {"summarise", "summarise_credit"} <= set(E.__all__) and not any("summariz" in n for n in E.__all__)
+
+
+# ---------------------------------------------------------------------------- one home per check
+def test_one_scheduler_type_check():
+    """ddim.check_scheduler is the one DDIM-scheduler check: sampling, re-scoring and steps.schedule call it."""
+    import ast
+    from pathlib import Path
+
+    from diffusers import EulerDiscreteScheduler
+
+    import pxpo_lite
+    from pxpo_lite import ddim, models, sampling, steps
+
+    checks = [(p.name, n.lineno) for p in Path(pxpo_lite.__file__).parent.rglob("*.py")
+              for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+              if isinstance(n, ast.Call) and ast.unparse(n.func) == "isinstance" and ast.unparse(n.args[1]) == "DDIMScheduler"]
+    assert checks == [("ddim.py", checks[0][1])], checks
+    assert not hasattr(sampling, "_check_scheduler_type")
+    pipe = models.build_tiny_pipeline(0)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    for call in (lambda: sampling.sample(pipe, ["a portrait"], num_steps=2, progress=False), lambda: steps.schedule(pipe, 2),
+                 lambda: steps.trainable_steps(pipe, 2, 1.0), lambda: ddim.check_scheduler(pipe.scheduler, "pipe.scheduler")):
+        with pytest.raises(TypeError, match=r"^pipe\.scheduler must be a diffusers DDIMScheduler, got EulerDiscreteScheduler\. "
+                                            r"Only DDIM with eta > 0.*DDIMScheduler\.from_config"):
+            call()
