@@ -51,6 +51,7 @@ import torch
 from .advantages import GroupStatTracker
 from .config_checks import as_int, as_real
 from .ddim import gaussian_log_prob
+from .devices import check_meta_mix, check_not_meta
 from .losses import NonFiniteError
 from .trainer import Trainer
 
@@ -111,6 +112,7 @@ def check_noise_level(noise_level) -> float:
 def step_index(scheduler, timestep) -> int:
     """The index i of ``timestep`` in ``scheduler.timesteps`` (a value t·1000 from the schedule, not an index)."""
     if isinstance(timestep, torch.Tensor):
+        check_not_meta(timestep=timestep)
         if timestep.numel() != 1:
             raise ValueError(f"timestep must be a single step (a float or 0-d tensor), got a tensor of shape "
                              f"{tuple(timestep.shape)}; step all samples of a batch at the same timestep")
@@ -133,6 +135,8 @@ def step_index(scheduler, timestep) -> int:
 def _check_tensor(name: str, t, like: torch.Tensor | None = None) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if like is not None:
+        check_meta_mix(**{name: t, "sample": like})  # all on 'meta' traces shapes; a mix would fail deep inside
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}; convert it with {name}.float()")
     if like is not None and t.shape != like.shape:
@@ -140,6 +144,8 @@ def _check_tensor(name: str, t, like: torch.Tensor | None = None) -> None:
                          "(one value per element of x_t; with classifier-free guidance combine the two UNet halves first)")
     if t.ndim == 0 or t.shape[0] == 0:
         raise ValueError(f"{name} must be a batch (B, ...) with B >= 1, got shape {tuple(t.shape)}")
+    if t.device.type == "meta":
+        return  # shapes only: a meta tensor has no values to check
     bad = ~torch.isfinite(t.detach().reshape(t.shape[0], -1)).all(dim=1)
     if bad.any():
         idx = bad.nonzero().flatten().tolist()
@@ -152,15 +158,16 @@ def _check_tensor(name: str, t, like: torch.Tensor | None = None) -> None:
 # --------------------------------------------------------------------------------------------
 def sde_sigma(scheduler, index: int, noise_level: float, device=None):
     """(t, dt, σ_t) of step ``index`` as float32 0-d tensors: σ_t = a·√(t/(1−t)), with 1 − t evaluated at
-    the schedule's second sigma when t = 1 (flow_grpo's ``sigma_max``; module docstring)."""
-    sig = scheduler.sigmas.to(device=device, dtype=torch.float32)
+    the schedule's second sigma when t = 1 (flow_grpo's ``sigma_max``; module docstring). Computed where the
+    scheduler's sigmas are, then moved to ``device`` (on 'meta' only their shape would be left to check)."""
+    sig = scheduler.sigmas.to(dtype=torch.float32)
     t, t_next = sig[index], sig[index + 1]
     dt = t_next - t
     one_minus = 1 - (sig[1] if float(t) == 1.0 else t)
     if not (float(t) > 0 and float(dt) < 0 and float(one_minus) > 0):
         raise ValueError(f"step {index} goes from t = {float(t):.6g} to {float(t_next):.6g}: the SDE step needs "
                          "1 >= t > t_next >= 0 and sigmas[1] < 1 (a falling flow-matching schedule)")
-    return t, dt, noise_level * torch.sqrt(t / one_minus)
+    return t.to(device), dt.to(device), (noise_level * torch.sqrt(t / one_minus)).to(device)
 
 
 def step_stds(scheduler, noise_level: float) -> list[float]:
@@ -211,7 +218,8 @@ def sde_step_logprob(scheduler, model_output: torch.Tensor, timestep, sample: to
             constants included; x_next is treated as data: no gradient through it).
 
     Bad inputs raise ValueError naming the fix: a non-flow scheduler, a noise level that is not a
-    finite number > 0, a timestep not in the schedule, shapes that differ; NaN/inf inputs raise
+    finite number > 0, a timestep not in the schedule, shapes that differ, a tensor on the 'meta' device
+    beside real ones (all on 'meta' traces shapes); NaN/inf inputs raise
     :class:`pxpo_lite.losses.NonFiniteError` (a ValueError) naming the samples.
     """
     check_flow_scheduler(scheduler)
