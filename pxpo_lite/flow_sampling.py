@@ -10,6 +10,10 @@ it is the same record, the rest of the package reads it unchanged; :func:`step_l
 :func:`pxpo_lite.update.policy_gradient_step` calls them for a :class:`FlowTrajectory` — the one
 update path serves DDIM and flow trajectories alike.
 
+A diffusers ``StableDiffusion3Pipeline`` is taken as it is: every function here first swaps it for
+its view with the same calls (:func:`pxpo_lite.sd3.as_flow_pipeline`: the transformer called as a
+UNet, the pooled projections packed into the prompt embeddings, the VAE's shift factor).
+
 The UNet is called through :func:`pxpo_lite.sampling.model_output` /
 :func:`~pxpo_lite.sampling.stacked_model_output` (classifier-free guidance for every w ≠ 1, one
 batched call), with x_t passed as it is: a flow scheduler has no ``scale_model_input``. x at t = 1
@@ -53,6 +57,13 @@ class _NoInputScaling:
         return x
 
 
+def _flow_pipe(pipe):
+    """``pipe``, or for a diffusers SD3 pipeline its view with the same calls (:func:`pxpo_lite.sd3.as_flow_pipeline`)."""
+    from .sd3 import as_flow_pipeline
+
+    return as_flow_pipeline(pipe)
+
+
 def _caller(unet) -> types.SimpleNamespace:
     """What :func:`sampling.model_output` reads: ``unet`` and ``scheduler.scale_model_input``."""
     return types.SimpleNamespace(unet=unet, scheduler=_NoInputScaling)
@@ -88,6 +99,7 @@ def sample_flow(
         batch_size: at most this many prompts at a time, one chunk after the other with the same
             generator (the result equals sampling each chunk and :meth:`Trajectory.cat`).
     """
+    pipe = _flow_pipe(pipe)
     check_flow_scheduler(pipe.scheduler, need_timesteps=False)
     a = check_noise_level(noise_level)
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
@@ -130,6 +142,7 @@ def sample_flow(
 
 def sync_flow_scheduler(pipe, traj: FlowTrajectory):
     """Make ``pipe.scheduler`` use the trajectory's schedule (``set_timesteps(T)`` if needed) and check it."""
+    pipe = _flow_pipe(pipe)
     check_flow_scheduler(pipe.scheduler, need_timesteps=False)
     s, T = pipe.scheduler, traj.num_steps
     if getattr(s, "num_inference_steps", None) != T or not torch.equal(s.timesteps.cpu(), traj.timesteps.cpu()):
@@ -145,6 +158,7 @@ def flow_step_inputs(pipe, traj: FlowTrajectory, step_indices, sample_idx=None) 
     if not isinstance(traj, FlowTrajectory):
         raise TypeError(f"traj must be a FlowTrajectory (from pxpo_lite.flow.sample_flow), got {type(traj).__name__}; "
                         "a DDIM Trajectory is re-scored by pxpo_lite.sampling.step_log_probs")
+    pipe = _flow_pipe(pipe)
     steps = [sampling._check_step_index(traj, i) for i in step_indices]
     if not steps:
         raise ValueError("step_indices is empty: give at least one stored step index")
@@ -169,6 +183,7 @@ def _score(s: sampling.StepInputs, outs) -> list:
 def step_log_probs(pipe, traj: FlowTrajectory, step_indices, sample_idx=None) -> list:
     """log p_θ(x_next | x_t, c) per element for several stored steps of the same samples, WITH gradients,
     from ONE UNet forward: one (b,C,h,w) float32 tensor per index (as :func:`sampling.step_log_probs`)."""
+    pipe = _flow_pipe(pipe)
     s = flow_step_inputs(pipe, traj, step_indices, sample_idx)
     outs = sampling.stacked_model_output(_caller(pipe.unet), s.xs, s.ts, s.cond, s.uncond, s.guidance_scale)
     return [lp for _, _, lp in _score(s, outs)]
@@ -187,6 +202,7 @@ def steps_means(pipe, traj: FlowTrajectory, step_indices, sample_idx=None, refer
     LoRA adapters off. Both policies share s, so the keep term is (μ_θ − μ_ref)²/(2 s²) per element."""
     if reference_unet is not None and not reference:
         raise ValueError("reference_unet is only used with reference=True (it gives μ_ref); drop it for the trained policy's μ_θ")
+    pipe = _flow_pipe(pipe)
     s = flow_step_inputs(pipe, traj, step_indices, sample_idx)
     args = (s.xs, s.ts, s.cond, s.uncond, s.guidance_scale)
     if not reference:

@@ -10,6 +10,9 @@ map by the VAE factor (8) to the latent grid.
   function written for the tiny pixel model runs unchanged on SD latents.
 - :func:`load_sd_pipeline` loads a real checkpoint from the Hugging Face hub (Colab, GPU) and
   swaps in a ``DDIMScheduler``.
+- Stable Diffusion 3 (flow matching, notebook 09's Flow-GRPO on SD3.5-medium) lives in
+  :mod:`pxpo_lite.sd3`; ``sd.load_sd3_pipeline``, ``sd.build_tiny_sd3_pipeline`` and
+  ``sd.SD3_LORA_TARGETS`` are its names, imported on first use.
 
 Introduced in ``notebooks/08_*`` (Stable Diffusion on a GPU).
 """
@@ -20,6 +23,18 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.utils import deprecation_utils
 
 from .models import build_text_encoder, build_tokenizer
+
+_SD3_NAMES = ("load_sd3_pipeline", "build_tiny_sd3_pipeline", "as_flow_pipeline", "SD3_LORA_TARGETS", "DEFAULT_SD3_MODEL")
+
+
+def __getattr__(name):
+    """The SD3 path (:mod:`pxpo_lite.sd3`) on first use."""
+    if name in _SD3_NAMES:
+        from . import sd3
+
+        return getattr(sd3, name)
+    raise AttributeError(f"module 'pxpo_lite.sd' has no attribute {name!r}")
+
 
 #: ddpo-pytorch's model (the original "runwayml/stable-diffusion-v1-5" moved here).
 DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
