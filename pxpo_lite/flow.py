@@ -269,6 +269,9 @@ class FlowTrainer(Trainer):
 
     def __init__(self, pipe, reward_fn, config=None, prompts=None, accelerator=None, keep_weights=None, *,
                  group_size: int = 4, global_std: bool = False):
+        from .sd3 import as_flow_pipeline  # lazy: the SD3 view is only needed for a diffusers SD3 pipeline
+
+        pipe = as_flow_pipeline(pipe)  # a StableDiffusion3Pipeline gets the package's calls; anything else is unchanged
         check_flow_scheduler(pipe.scheduler, need_timesteps=False)
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
             raise ValueError(f"group_size must be an int >= 2 (GRPO normalises each prompt's rewards within its group of "

@@ -84,7 +84,7 @@ def _trainer():
     cfg = TrainConfig(method="ddpo", num_steps=3, eta=0.7, timestep_fraction=0.34, samples_per_epoch=4, sample_batch_size=4,
                       train_batch_size=2, use_lora=True, lora_targets=list(sd3.SD3_LORA_TARGETS), learning_rate=1e-2,
                       clip_range=0.2, keep_beta=0.01, progress=False, seed=0)
-    return pipe, FlowTrainer(sd3.as_flow_pipeline(pipe), "blue", cfg, prompts=PROMPTS, group_size=2)
+    return pipe, FlowTrainer(pipe, "blue", cfg, prompts=PROMPTS, group_size=2)
 
 
 def test_one_grpo_epoch_with_lora_on_the_transformer_changes_the_adapters(tmp_path):
