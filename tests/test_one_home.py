@@ -121,3 +121,19 @@ def test_one_scheduler_type_check():
         with pytest.raises(TypeError, match=r"^pipe\.scheduler must be a diffusers DDIMScheduler, got EulerDiscreteScheduler\. "
                                             r"Only DDIM with eta > 0.*DDIMScheduler\.from_config"):
             call()
+
+
+def test_held_out_measures_live_in_evaluation_and_smooth_in_stats():
+    import ast
+
+    import pxpo_lite.experiments as E
+    from pxpo_lite.experiments import credit, evaluation, stats, sweeps
+
+    for name in ("region_change", "fidelity_key", "key_fidelity", "evaluate"):
+        assert _home(getattr(evaluation, name)) == "pxpo_lite.experiments.evaluation", name
+        assert getattr(credit, name) is getattr(evaluation, name), name  # the old import path still works
+    assert E.region_change is evaluation.region_change and E.evaluate is evaluation.evaluate
+    assert _home(stats.smooth) == "pxpo_lite.experiments.stats" and sweeps.smooth is E.smooth is stats.smooth
+    src = importlib.util.find_spec("pxpo_lite.experiments.stats").loader.get_source("pxpo_lite.experiments.stats")
+    imported = {n.module for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)}
+    assert "sweeps" not in imported  # the statistics import no runs

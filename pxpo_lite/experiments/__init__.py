@@ -15,7 +15,8 @@ one idea each:
 3. :mod:`~pxpo_lite.experiments.evaluation` — :func:`measure_heldout`: mean ± std reward on
    fixed held-out noise seeds (:data:`HELDOUT_NOISE_SEED`) plus prompt fidelity;
    :class:`FidelityTracker` (a :func:`run` callback); :func:`effect_size` — (after − before) /
-   std before, the paper's "effect in std"; :func:`paper_table`.
+   std before, the paper's "effect in std"; :func:`paper_table`; :func:`evaluate` — one trained
+   model's held-out numbers, with the change inside vs outside a region (:func:`region_change`).
 4. :mod:`~pxpo_lite.experiments.sweeps` — :func:`compare`: every method × task × seed;
    :func:`samples_to_reach` — how many samples a method needs before its (smoothed,
    seed-averaged) reward curve reaches a target, e.g. DDPO's final reward.
@@ -24,8 +25,8 @@ one idea each:
 6. :mod:`~pxpo_lite.experiments.credit` — the fair credit-assignment benchmark: per-image
    (DDPO), per-region and per-pixel (PXPO) credit, each with and without the keep term
    (:data:`CREDIT_METHODS`), a learning rate per method by one rule (:func:`pilot_lr`),
-   held-out effect, fidelity and change inside vs outside a region (:func:`region_change`).
-7. :mod:`~pxpo_lite.experiments.stats` — bootstrap intervals over seeds
+   held-out effect, fidelity and change inside vs outside a region (measured by ``evaluation``).
+7. :mod:`~pxpo_lite.experiments.stats` — :func:`smooth`, bootstrap intervals over seeds
    (:func:`bootstrap_ci`, :func:`bootstrap_samples_to_target`) and :func:`select_lr`.
 8. :mod:`~pxpo_lite.experiments.frontier` — the credit frontier: effect vs held-out fidelity over
    lr and β grids that bracket each method, settings chosen on selection seeds and reported on
@@ -46,11 +47,9 @@ from .credit import (
     LR_GRID,
     benchmark,
     credit_task,
-    evaluate,
     parse_method,
     credit_goals,
     pilot_lr,
-    region_change,
     run_credit,
     summarise_credit,
     summarize_credit,
@@ -60,11 +59,13 @@ from .evaluation import (
     FidelityTracker,
     effect_size,
     eval_prompts,
+    evaluate,
     fidelity_other,
     generate,
     measure_heldout,
     paper_effect,
     paper_table,
+    region_change,
     table_row,
 )
 from .figures import LABELS, credit_table, pick_examples, plot_before_after, plot_comparison, plot_credit_assignment
@@ -84,8 +85,8 @@ from .runs import (
     make_config,
     run,
 )
-from .sweeps import compare, final_reward, mean_curve, result_to_json, samples_to_reach, smooth, summarise, summarize
-from .stats import bootstrap_ci, bootstrap_samples_to_target, samples_to_target, select_lr
+from .sweeps import compare, final_reward, mean_curve, result_to_json, samples_to_reach, summarise, summarize
+from .stats import bootstrap_ci, bootstrap_samples_to_target, samples_to_target, select_lr, smooth
 from .tasks import PAPER, TASKS, Task, get_task, has_blue, task_prompts
 
 __all__ = [

@@ -24,7 +24,7 @@ grid (one seed), and ``stats.select_lr`` keeps the largest whose held-out prompt
 the end stays ≥ 90 %. :func:`benchmark` then runs every method on the same model, prompts,
 seeds and sample budget, measures each final model on held-out noise seeds (reward, the
 paper's effect size, fidelity, and for region tasks the change inside vs outside the region:
-:func:`region_change`), and :func:`summarise_credit` reports samples-to-target (target:
+:func:`.evaluation.region_change`), and :func:`summarise_credit` reports samples-to-target (target:
 DDPO's final reward) with bootstrap intervals over seeds. The effect-vs-fidelity frontier over
 lr and β grids, with settings chosen on other seeds than those reported, is
 :mod:`pxpo_lite.experiments.frontier`.
@@ -40,14 +40,12 @@ import time
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .. import regions
 from ..trainer import TrainConfig
-from .evaluation import FidelityTracker, effect_size, measure_heldout
+from .evaluation import FidelityTracker, evaluate, fidelity_key, key_fidelity, measure_heldout, region_change  # noqa: F401 (region_change: re-exported)
 from .runs import RunResult, run
-from .stats import bootstrap_ci, bootstrap_samples_to_target, select_lr
-from .sweeps import smooth
+from .stats import bootstrap_ci, bootstrap_samples_to_target, select_lr, smooth
 from .tasks import Task
 
 CREDITS = {"image": "ddpo", "region": "pxpo", "pixel": "pxpo", "pixel-clipped": "pxpo_clip",
@@ -114,59 +112,6 @@ def run_credit(base_pipe, task: Task, method: str, budget: int, seed: int = 0, l
     return r
 
 
-# --------------------------------------------------------------------------------------------
-# Held-out measurements of one trained model
-# --------------------------------------------------------------------------------------------
-def region_change(before: torch.Tensor, after: torch.Tensor, mask: torch.Tensor) -> dict:
-    """Mean |after − before| per pixel (channel mean) inside and outside ``mask``, and their ratio.
-
-    ``before``/``after``: (B,3,H,W) images from the same noise seeds; ``mask``: (B,H,W) in [0,1]
-    (the region on the *before* images). ``inside``/``outside`` are NaN where the region is
-    empty / everything; ``ratio`` = inside / outside (NaN if outside is 0).
-    """
-    if not isinstance(before, torch.Tensor) or not isinstance(after, torch.Tensor) or before.shape != after.shape or before.ndim != 4:
-        raise ValueError(f"before and after must be image tensors (B,3,H,W) of the same shape, got "
-                         f"{getattr(before, 'shape', type(before).__name__)} and {getattr(after, 'shape', type(after).__name__)}")
-    B, _, H, W = before.shape
-    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (B, H, W):
-        raise ValueError(f"mask must be a tensor ({B}, {H}, {W}) in [0, 1], got {getattr(mask, 'shape', type(mask).__name__)}")
-    d = (after.float() - before.float()).abs().mean(dim=1)
-    m = mask.float().to(d.device)
-    win, wout = float(m.sum()), float((1 - m).sum())
-    inside = float((d * m).sum()) / win if win > 0 else math.nan
-    outside = float((d * (1 - m)).sum()) / wout if wout > 0 else math.nan
-    ratio = inside / outside if outside and math.isfinite(outside) and outside > 0 else math.nan
-    return {"inside": inside, "outside": outside, "ratio": ratio}
-
-
-def fidelity_key(task: Task, key: str = "auto") -> str:
-    """Which fidelity the rule checks: ``"auto"`` is ``"other"`` (attributes the reward does not
-    fight) for a task that fights one, else ``"all"``."""
-    if key not in ("auto", "all", "other"):
-        raise ValueError(f"fidelity key must be 'auto', 'all' or 'other', got {key!r}")
-    return ("other" if task.conflicts_with else "all") if key == "auto" else key
-
-
-def _fid(ev: dict, key: str) -> float | None:
-    v = ev["fidelity_other"] if key == "other" else ev["fidelity"]["all"]
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
-def evaluate(pipe, task: Task, before: dict, per_prompt: int, segmenter, key: str = "auto") -> dict:
-    """One trained model on the held-out seeds, as plain numbers: reward mean/std, effect size
-    (after − before)/std before, fidelity (all, other, the rule's key), and for a task with a
-    region, the change inside vs outside it (:func:`region_change`)."""
-    after = measure_heldout(pipe, task, per_prompt, segmenter=segmenter, images=True)
-    k = fidelity_key(task, key)
-    out = {"mean": after["mean"], "std": after["std"], "effect_std": effect_size(before, after),
-           "fidelity_all": after["fidelity"]["all"], "fidelity_other": after["fidelity_other"],
-           "fidelity_key": k, "fidelity": _fid(after, k), "fidelity_by_attribute": after["fidelity"]}
-    if task.region and "images" in before:
-        mask = regions.region_mask(task.region, before["images"], segmenter)
-        out.update({f"change_{k}": v for k, v in region_change(before["images"], after["images"], mask).items()})
-    return out
-
-
 def pilot_lr(base_pipe, task: Task, method: str, lr_grid: Sequence[float] = LR_GRID, budget: int = 64, seed: int = 0,
              before: dict | None = None, per_prompt: int = 4, segmenter=None, threshold: float = FIDELITY_THRESHOLD,
              key: str = "auto", keep_beta: float = CREDIT_KEEP_BETA, stop_after_fail: bool = True, track_every: int = 0,
@@ -209,8 +154,8 @@ def _run_record(r: RunResult, ev: dict, track: FidelityTracker | None, key: str)
     rec = {"seed": r.seed, "trained_on": [int(v) for v in r.trained_on], "reward": [float(v) for v in r.rewards],
            "seconds": round(r.seconds, 1), "cpu_s": round(r.cpu_seconds, 1), "eval": ev}
     if track is not None:
-        fids = [_fid(p, key) for p in track.points] + [ev["fidelity"]]
-        rec["fidelity_track"] = [{"n_samples": p["n_samples"], "fidelity": _fid(p, key), "mean": p["mean"]} for p in track.points]
+        fids = [key_fidelity(p, key) for p in track.points] + [ev["fidelity"]]
+        rec["fidelity_track"] = [{"n_samples": p["n_samples"], "fidelity": key_fidelity(p, key), "mean": p["mean"]} for p in track.points]
         rec["fidelity_min"] = min((f for f in fids if f is not None), default=None)
     return rec
 

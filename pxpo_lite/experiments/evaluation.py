@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .. import regions
 from ..fidelity import ATTRIBUTES, prompt_fidelity
 from ..sampling import sample
 from .runs import DEFAULTS
@@ -179,3 +180,57 @@ def paper_table(task: Task, before: dict, after, label: str = "pxpo-lite (tiny m
             + (f" {before['fidelity_other'] * 100:.0f} % → {a['fidelity_other'] * 100:.0f} % |" if other else "")
         )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out measurements of one trained model, as the credit benchmark (experiments.credit) takes them
+# --------------------------------------------------------------------------------------------
+def region_change(before: torch.Tensor, after: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Mean |after − before| per pixel (channel mean) inside and outside ``mask``, and their ratio.
+
+    ``before``/``after``: (B,3,H,W) images from the same noise seeds; ``mask``: (B,H,W) in [0,1]
+    (the region on the *before* images). ``inside``/``outside`` are NaN where the region is
+    empty / everything; ``ratio`` = inside / outside (NaN if outside is 0).
+    """
+    if not isinstance(before, torch.Tensor) or not isinstance(after, torch.Tensor) or before.shape != after.shape or before.ndim != 4:
+        raise ValueError(f"before and after must be image tensors (B,3,H,W) of the same shape, got "
+                         f"{getattr(before, 'shape', type(before).__name__)} and {getattr(after, 'shape', type(after).__name__)}")
+    B, _, H, W = before.shape
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (B, H, W):
+        raise ValueError(f"mask must be a tensor ({B}, {H}, {W}) in [0, 1], got {getattr(mask, 'shape', type(mask).__name__)}")
+    d = (after.float() - before.float()).abs().mean(dim=1)
+    m = mask.float().to(d.device)
+    win, wout = float(m.sum()), float((1 - m).sum())
+    inside = float((d * m).sum()) / win if win > 0 else math.nan
+    outside = float((d * (1 - m)).sum()) / wout if wout > 0 else math.nan
+    ratio = inside / outside if outside and math.isfinite(outside) and outside > 0 else math.nan
+    return {"inside": inside, "outside": outside, "ratio": ratio}
+
+
+def fidelity_key(task: Task, key: str = "auto") -> str:
+    """Which fidelity the rule checks: ``"auto"`` is ``"other"`` (attributes the reward does not
+    fight) for a task that fights one, else ``"all"``."""
+    if key not in ("auto", "all", "other"):
+        raise ValueError(f"fidelity key must be 'auto', 'all' or 'other', got {key!r}")
+    return ("other" if task.conflicts_with else "all") if key == "auto" else key
+
+
+def key_fidelity(ev: dict, key: str) -> float | None:
+    """The fidelity :func:`fidelity_key` names from one held-out measurement (None: not measured or NaN)."""
+    v = ev["fidelity_other"] if key == "other" else ev["fidelity"]["all"]
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def evaluate(pipe, task: Task, before: dict, per_prompt: int, segmenter, key: str = "auto") -> dict:
+    """One trained model on the held-out seeds, as plain numbers: reward mean/std, effect size
+    (after − before)/std before, fidelity (all, other, the rule's key), and for a task with a
+    region, the change inside vs outside it (:func:`region_change`)."""
+    after = measure_heldout(pipe, task, per_prompt, segmenter=segmenter, images=True)
+    k = fidelity_key(task, key)
+    out = {"mean": after["mean"], "std": after["std"], "effect_std": effect_size(before, after),
+           "fidelity_all": after["fidelity"]["all"], "fidelity_other": after["fidelity_other"],
+           "fidelity_key": k, "fidelity": key_fidelity(after, k), "fidelity_by_attribute": after["fidelity"]}
+    if task.region and "images" in before:
+        mask = regions.region_mask(task.region, before["images"], segmenter)
+        out.update({f"change_{k}": v for k, v in region_change(before["images"], after["images"], mask).items()})
+    return out

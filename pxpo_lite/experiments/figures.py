@@ -11,7 +11,7 @@ import numpy as np
 from ..plotting import curve_with_band, short_prompt, to_numpy_image, wrap_title
 from .credit import CREDIT_LABELS
 from .runs import METHOD_LABELS
-from .sweeps import smooth
+from .stats import smooth
 
 
 LABELS = {**METHOD_LABELS, **CREDIT_LABELS}

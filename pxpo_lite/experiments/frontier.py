@@ -38,8 +38,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .credit import CREDIT_KEEP_BETA, fidelity_key, parse_method, run_credit
-from .evaluation import FidelityTracker, measure_heldout
+from .credit import CREDIT_KEEP_BETA, parse_method, run_credit
+from .evaluation import FidelityTracker, fidelity_key, measure_heldout
 from .stats import bootstrap_ci
 from .tasks import Task
 

@@ -1,6 +1,7 @@
-"""Statistics of the credit-assignment benchmark: bootstrap confidence intervals over seeds,
+"""Statistics of the experiments: smoothed curves, bootstrap confidence intervals over seeds,
 samples-to-target per curve, and the one learning-rate rule every method is tuned by.
 
+* :func:`smooth` — the moving average every reward curve is read through (trailing or centred).
 * :func:`bootstrap_ci` — percentile bootstrap: resample the seeds with replacement
   ``n_boot`` times, recompute the statistic, take the (α/2, 1 − α/2) quantiles.
 * :func:`samples_to_target` — the first x at which a (centred moving-average smoothed) curve
@@ -11,7 +12,7 @@ samples-to-target per curve, and the one learning-rate rule every method is tune
 * :func:`select_lr` — the largest learning rate of a grid whose pilot run kept held-out prompt
   fidelity ≥ a threshold (90 %); if none did, the smallest of the grid, flagged.
 
-Used by ``experiments.credit`` and ``benchmarks/bench_credit_assignment.py``; shown in
+Used by ``experiments.credit``, ``experiments.sweeps`` and ``benchmarks/bench_credit_assignment.py``; shown in
 ``notebooks/07_ddpo_vs_pxpo.ipynb``.
 """
 from __future__ import annotations
@@ -21,7 +22,20 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .sweeps import smooth
+
+def smooth(y: Sequence[float], window: int = 3, centered: bool = False) -> np.ndarray:
+    """Moving average over ``window`` points: trailing (default), or centred on each point.
+    Near the ends it averages the points there are."""
+    y = np.asarray(y, dtype=np.float64)
+    if window <= 1 or len(y) == 0:
+        return y
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    out = np.empty_like(y)
+    for i in range(len(y)):
+        lo = max(0, i - window // 2) if centered else max(0, i + 1 - window)
+        hi = min(len(y), i + (window - 1) // 2 + 1) if centered else i + 1
+        out[i] = (c[hi] - c[lo]) / (hi - lo)
+    return out
 
 
 def _check_level(level) -> float:

@@ -13,26 +13,12 @@ from tqdm.auto import tqdm
 from .evaluation import measure_heldout, table_row
 from .parallel import map_jobs
 from .runs import RunResult, run
+from .stats import smooth  # re-exported: its home is stats.py
 from .tasks import Task
 
 # --------------------------------------------------------------------------------------------
 # Curves and samples-to-reach
 # --------------------------------------------------------------------------------------------
-def smooth(y: Sequence[float], window: int = 3, centered: bool = False) -> np.ndarray:
-    """Moving average over ``window`` points: trailing (default), or centred on each point.
-    Near the ends it averages the points there are."""
-    y = np.asarray(y, dtype=np.float64)
-    if window <= 1 or len(y) == 0:
-        return y
-    c = np.cumsum(np.insert(y, 0, 0.0))
-    out = np.empty_like(y)
-    for i in range(len(y)):
-        lo = max(0, i - window // 2) if centered else max(0, i + 1 - window)
-        hi = min(len(y), i + (window - 1) // 2 + 1) if centered else i + 1
-        out[i] = (c[hi] - c[lo]) / (hi - lo)
-    return out
-
-
 def mean_curve(results: Sequence[RunResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(samples trained on, mean over seeds, std over seeds) of several runs of one method."""
     if not results:

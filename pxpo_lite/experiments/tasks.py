@@ -17,7 +17,7 @@ Region-focused tasks (feedback about one part, everything else kept; ``pxpo_lite
   prompts asking for hair that is not red.
 
 A task's ``region`` names the part its feedback is about (None: the whole image); the change
-inside vs outside it is measured by ``experiments.credit.region_change``.
+inside vs outside it is measured by ``experiments.evaluation.region_change``.
 
 A task's reward is a *map* (B,H,W): PXPO uses it per pixel, DDPO gets its image mean
 (``TrainConfig.method`` decides; the trainer reduces). The image's mean reward is what we
