@@ -44,99 +44,38 @@ from . import lora as lora_lib
 from .brush import check_heatmap
 from .checkpoint import base_fingerprint
 from .composite import base_trajectory, regenerate_mask, sample_composite
-from .config_checks import as_int, check_bool, check_number, check_positive_int
-from .keep import keep_weights_from_heatmap
-from .keep_ramp import check_ramp
+from .config_checks import NOT_GIVEN, as_int, renamed_keyword
+from .keep import Keep, keep_weights_from_heatmap
 from .painted import change_stats, heatmap_to_advantages, warn_if_whole_image  # noqa: F401 (re-exported: notebooks import them from here)
+from .refine_config import DISLIKE_SCALE, KEEP_BETA, KEEP_RAMP, RefineConfig  # noqa: F401 (re-exported: its home is refine_config.py)
 from .sampling import sample
 from .session_store import SessionError, SessionStore
-from .update import Keep, policy_gradient_step, resolve_timestep_batch, summarise, trainable_steps
-
-#: RefineConfig's default β of the keep term, chosen by benchmarks/bench_localised_feedback.py
-KEEP_BETA = 10.0
-#: RefineConfig's default keep ramp (pixels) and disliked-advantage scale, chosen by the same benchmark
-KEEP_RAMP: float | None = 4.0
-DISLIKE_SCALE = 3.0
+from .steps import trainable_steps
+from .update import policy_gradient_step, resolve_timestep_batch, summarise
 
 
 # --------------------------------------------------------------------------------------------
 # From a painted map to an update
 # --------------------------------------------------------------------------------------------
-@dataclass
-class RefineConfig:
-    """Hyper-parameters of single-image refinement (one line each; defaults measured on the tiny model)."""
-
-    num_steps: int = 20            # T, DDIM steps of the image's trajectory
-    eta: float = 1.0               # DDIM η in (0, 1] (> 0: a stochastic policy with log-probs)
-    guidance_scale: float | None = None  # None: the pipeline's default
-    learning_rate: float = 4e-3    # AdamW on the LoRA adapters (a fresh optimiser each round); chosen with the composite below
-    updates_per_round: int = 4     # optimiser steps on the one trajectory per round
-    clip_range: float | None = None  # None: score-function PXPO (the paper); a float: element-wise PPO clip
-    advantage_scale: float = 1.0   # A = advantage_scale · painted value
-    max_grad_norm: float | None = 1.0  # gradient-norm clip (None: no clipping)
-    lora_rank: int = 4
-    lora_targets: tuple[str, ...] | None = None  # None: lora.TINY_TARGETS for pixel models, SD_TARGETS for SD
-    keep_beta: float = KEEP_BETA   # β of the per-pixel keep term (update.Keep): unpainted pixels stay as they were; 0: off
-    keep_liked: bool = True        # True: liked pixels are kept too (w = 1 there); False: only unpainted pixels are kept
-    keep_ramp: float | None = KEEP_RAMP  # pixels: keep weight 0 in a disliked stroke, rising to 1 this far outside it (keep_ramp.py); None: a hard edge
-    dislike_scale: float = DISLIKE_SCALE  # disliked pixels' advantages × this (liked ones × 1)
-    composite: bool = True         # True: redraw only the strokes disliked so far (+ ramp), every other pixel stays the first image's (composite.py)
-    timestep_batch: int | None = None  # timesteps scored per UNet forward (same result to float rounding); None: update.resolve_timestep_batch
-
-    #: names used by sessions saved before the rename; :meth:`from_dict` maps/ignores them
-    LEGACY = {"lr": "learning_rate", "min_sigma": None}
-
-    def __post_init__(self):
-        if self.lora_targets is not None:
-            self.lora_targets = tuple(self.lora_targets)
-        # each number is stored as a Python int/float: np.float32(1e-3), np.int64(4) or a 0-d tensor is accepted
-        # (and the saved manifest stays plain JSON); a bool or a str is refused, naming the field
-        for name in ("num_steps", "updates_per_round", "lora_rank"):
-            setattr(self, name, check_positive_int(f"RefineConfig.{name}", getattr(self, name)))
-        for name, bounds in (("eta", dict(above=0, at_most=1)), ("guidance_scale", dict(at_least=0, optional=True)),
-                             ("learning_rate", dict(above=0)), ("clip_range", dict(above=0, optional=True)),
-                             ("advantage_scale", dict(above=0)), ("max_grad_norm", dict(above=0, optional=True)),
-                             ("keep_beta", dict(at_least=0)), ("dislike_scale", dict(above=0))):
-            setattr(self, name, check_number(f"RefineConfig.{name}", getattr(self, name), **bounds))
-        check_bool("RefineConfig.keep_liked", self.keep_liked)
-        check_bool("RefineConfig.composite", self.composite)
-        self.keep_ramp = check_ramp(self.keep_ramp, "RefineConfig.keep_ramp")
-        self.timestep_batch = check_positive_int("RefineConfig.timestep_batch", self.timestep_batch, optional=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RefineConfig":
-        """A config from a saved manifest's dict (older names: ``lr`` -> ``learning_rate``; ``min_sigma`` dropped;
-        a session saved before the keep term existed continues without it: ``keep_beta`` 0)."""
-        d = dict(d)
-        d.setdefault("keep_beta", 0.0)
-        d.setdefault("keep_ramp", None)  # sessions saved before the ramp continue as they were made
-        d.setdefault("dislike_scale", 1.0)
-        d.setdefault("composite", False)
-        for old, new in cls.LEGACY.items():
-            if old in d:
-                value = d.pop(old)
-                if new is not None:
-                    d.setdefault(new, value)
-        return cls(**d)
-
-
 def pxpo_refine(pipe, traj, advantages: torch.Tensor, params: Sequence[torch.nn.Parameter], config: RefineConfig,
-                progress: bool = False, keep_weights: torch.Tensor | None = None) -> dict:
+                progress: bool = False, keep_map: torch.Tensor | None = None, *, keep_weights=NOT_GIVEN) -> dict:
     """``config.updates_per_round`` AdamW steps of the PXPO loss on one stored trajectory.
 
     Each step is one :func:`pxpo_lite.update.policy_gradient_step` over the trajectory's
     stochastic timesteps (σ_t > 0): L = (1/T') Σ_t pxpo_loss(log p_θ(x_{t−1}|x_t), log p_old, A),
     with ``advantages`` A (1,h,w) on the sample grid, plus the keep term β·mean(w·KL(π_θ‖π_base))
-    when ``config.keep_beta`` > 0 (``keep_weights`` w (1,h,w); None: w ≡ 1; the reference is the
-    base model: LoRA adapters off). A NaN/inf stops with :class:`~pxpo_lite.update.TrainingError`
-    before the step (weights untouched). Returns diagnostics (``keep_kl*_last`` with the keep term).
+    when ``config.keep_beta`` > 0 (``keep_map``: the keep weights w (1,h,w); None: w ≡ 1; its old name
+    ``keep_weights=`` warns; the reference is the base model: LoRA adapters off). A NaN/inf stops with
+    :class:`~pxpo_lite.update.TrainingError` before the step (weights untouched). Returns diagnostics
+    (``keep_kl*_last`` with the keep term).
     """
+    keep_map = renamed_keyword("pxpo_refine", "keep_weights", keep_weights, "keep_map", keep_map)
     params = list(params)
     opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     steps = trainable_steps(pipe, traj.num_steps, traj.eta)
     pairs = [(torch.arange(len(traj)), i) for i in steps]  # every sample (one image) at every stochastic step
     A = advantages.to(traj.log_probs.device)
-    keep = Keep(config.keep_beta, None if keep_weights is None else keep_weights.to(A.device)) if config.keep_beta > 0 else None
+    keep = Keep(config.keep_beta, None if keep_map is None else keep_map.to(A.device)) if config.keep_beta > 0 else None
     tb = resolve_timestep_batch(config.timestep_batch, pipe, traj, len(traj))
     was_training = pipe.unet.training
     pipe.unet.eval()  # no dropout: the ratio is exactly 1 before the first step
@@ -179,8 +118,13 @@ class FeedbackRound:
     source: str                  # "canvas" | "synthetic" | free text
     note: str = ""
     stats: dict = field(default_factory=dict)    # change_* (see change_stats), painted pixel counts
-    update: dict = field(default_factory=dict)   # loss, approx_kl, grad norm ... (pxpo_refine)
+    diagnostics: dict = field(default_factory=dict)  # of the round's update: loss, approx_kl, grad norm ... (pxpo_refine)
     seconds: float = 0.0         # wall time of the round (update + regenerate)
+
+    @property
+    def update(self) -> dict:
+        """The old name of :attr:`diagnostics` (read-only): ``update`` is what a round does, not what it measured."""
+        return self.diagnostics
 
     @property
     def change_map(self) -> np.ndarray:
@@ -303,7 +247,7 @@ class FeedbackSession:
         sample_size = tuple(self.trajectory.log_probs.shape[-2:])
         A = heatmap_to_advantages(heat, sample_size, c.advantage_scale, c.dislike_scale)
         w = keep_weights_from_heatmap(heat, sample_size, keep_liked=c.keep_liked, ramp=c.keep_ramp) if c.keep_beta > 0 else None
-        update = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress, keep_weights=w)
+        diagnostics = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress, keep_map=w)
         before = image.numpy()
         self.trajectory = self._generate(new_heatmap=heat)
         after = self.image.numpy()
@@ -311,7 +255,7 @@ class FeedbackSession:
         stats = change_stats(before, after, heat)
         stats.update(liked_pixels=int((heat > 0).sum()), disliked_pixels=int((heat < 0).sum()))
         rnd = FeedbackRound(index=len(self.rounds) + 1, heatmap=heat, image_before=before, image_after=after,
-                            source=source, note=note, stats=stats, update=update, seconds=seconds)
+                            source=source, note=note, stats=stats, diagnostics=diagnostics, seconds=seconds)
         self.rounds.append(rnd)
         if self.folder is not None:
             self._save_round(rnd)
@@ -319,7 +263,7 @@ class FeedbackSession:
 
     def summary(self) -> list[dict]:
         """One row per round: source, painted pixels, change inside/outside, seconds."""
-        return [{"round": r.index, "source": r.source, **r.stats, "seconds": r.seconds, "loss": r.update.get("loss_first")}
+        return [{"round": r.index, "source": r.source, **r.stats, "seconds": r.seconds, "loss": r.diagnostics.get("loss_first")}
                 for r in self.rounds]
 
     # -- saving ----------------------------------------------------------------------------------
@@ -339,7 +283,7 @@ class FeedbackSession:
     def _save_round(self, r: FeedbackRound) -> None:
         self.store.save_round(
             r.index, {"heatmap": r.heatmap, "image_before": r.image_before, "image": r.image_after}, self.adapter_state(),
-            {"source": r.source, "note": r.note, "stats": _finite_or_none(r.stats), "update": _finite_or_none(r.update),
+            {"source": r.source, "note": r.note, "stats": _finite_or_none(r.stats), "diagnostics": _finite_or_none(r.diagnostics),
              "seconds": r.seconds},
         )
 
@@ -371,7 +315,8 @@ class FeedbackSession:
                 FeedbackRound(index=r.index, heatmap=r.arrays["heatmap"], image_before=r.arrays["image_before"],
                               image_after=r.arrays["image"], source=r.info["source"], note=r.info.get("note", ""),
                               stats={k: (float("nan") if v is None else v) for k, v in r.info["stats"].items()},
-                              update=r.info["update"], seconds=r.info["seconds"])
+                              diagnostics=r.info["diagnostics" if "diagnostics" in r.info else "update"],  # "update": saved before
+                              seconds=r.info["seconds"])
                 for r in saved.rounds
             ]
             prompt, seed = m["prompt"], m["seed"]

@@ -35,7 +35,7 @@ def test_step_gaussians_is_the_one_rescoring_function():
     assert sampling.SD_DEFAULT_GUIDANCE == 5.0
 
 
-@pytest.mark.parametrize("module", ["update", "keep", "steps", "sampling", "guidance", "ddim"])
+@pytest.mark.parametrize("module", ["update", "keep", "steps", "sampling", "guidance", "ddim", "feedback", "refine_config", "trainer"])
 def test_modules_stay_under_400_lines(module):
     src = importlib.util.find_spec(f"pxpo_lite.{module}").loader.get_source(f"pxpo_lite.{module}")
     assert len(src.splitlines()) <= 400
@@ -137,3 +137,50 @@ def test_held_out_measures_live_in_evaluation_and_smooth_in_stats():
     src = importlib.util.find_spec("pxpo_lite.experiments.stats").loader.get_source("pxpo_lite.experiments.stats")
     imported = {n.module for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)}
     assert "sweeps" not in imported  # the statistics import no runs
+
+
+def test_a_round_has_diagnostics_and_pxpo_refine_a_keep_map(tmp_path, monkeypatch):
+    """FeedbackSession.step makes a round; the round's measurements are FeedbackRound.diagnostics (``update``:
+    a read-only alias); a session saved with the old key loads; pxpo_refine's tensor is keep_map."""
+    import json
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from pxpo_lite import build_tiny_pipeline, feedback, update, world
+
+    torch.manual_seed(0)
+    pipe = build_tiny_pipeline(seed=0)
+    cfg = feedback.RefineConfig(num_steps=4, updates_per_round=1, learning_rate=1e-2, lora_rank=2)
+    s = feedback.FeedbackSession(pipe, world.all_prompts()[0], seed=3, folder=tmp_path / "s", config=cfg)
+    heat = np.zeros((32, 32), np.float32)
+    heat[4:12, 4:12] = -1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the session itself uses the new names
+        r = s.step(heat, source="synthetic")
+    assert r.diagnostics["updates"] == 1 and r.update is r.diagnostics
+    with pytest.raises(AttributeError):
+        r.update = {}
+    manifest = tmp_path / "s" / "session.json"
+    m = json.loads(manifest.read_text())
+    assert "diagnostics" in m["rounds"][0] and "update" not in m["rounds"][0]
+    m["rounds"][0]["update"] = m["rounds"][0].pop("diagnostics")  # a session saved before the rename
+    manifest.write_text(json.dumps(m))
+    old = feedback.FeedbackSession.load(tmp_path / "s", pipe)
+    assert old.rounds[0].diagnostics == m["rounds"][0]["update"] and old.rounds[0].diagnostics["updates"] == 1
+
+    seen, info = [], {"loss": 0.0, "approx_kl": 0.0, "ratio_min": 1.0, "ratio_max": 1.0}
+    monkeypatch.setattr(feedback, "policy_gradient_step", lambda *a, keep=None, **k: seen.append(keep) or update.StepResult([info], 0.0))
+    w, A = torch.rand(1, 32, 32), torch.zeros(1, 32, 32)
+    feedback.pxpo_refine(s.pipe, s.trajectory, A, s.params, cfg, keep_map=w)
+    with pytest.warns(DeprecationWarning, match=r"pxpo_refine\(keep_weights=\.\.\.\) is renamed keep_map="):
+        feedback.pxpo_refine(s.pipe, s.trajectory, A, s.params, cfg, keep_weights=w)  # the old keyword still works
+    assert len(seen) == 2 and all(torch.equal(k.weights, w) for k in seen)
+
+
+def test_refine_config_lives_in_refine_config_py():
+    from pxpo_lite import feedback, refine_config
+
+    assert _home(feedback.RefineConfig) == "pxpo_lite.refine_config" and feedback.RefineConfig is refine_config.RefineConfig
+    assert (feedback.KEEP_BETA, feedback.KEEP_RAMP, feedback.DISLIKE_SCALE) == (10.0, 4.0, 3.0)

@@ -1,0 +1,84 @@
+"""Every knob of single-image refinement from painted feedback in one dataclass, and its defaults.
+
+:class:`RefineConfig` lists one field per line with its default and meaning, each number checked
+and stored as a Python int/float when it is made (a bool or a str is refused, naming the field);
+:meth:`RefineConfig.from_dict` reads the config of a saved session, older ones included.
+:data:`KEEP_BETA`, :data:`KEEP_RAMP` and :data:`DISLIKE_SCALE` are the measured defaults.
+:mod:`pxpo_lite.feedback` (the session) re-exports all four; :mod:`pxpo_lite.train_config` is
+the trainer's counterpart.
+
+Introduced in ``notebooks/06_human_feedback_canvas.ipynb``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config_checks import check_bool, check_number, check_positive_int
+from .keep_ramp import check_ramp
+
+__all__ = ["DISLIKE_SCALE", "KEEP_BETA", "KEEP_RAMP", "RefineConfig"]
+
+#: RefineConfig's default β of the keep term, chosen by benchmarks/bench_localised_feedback.py (the credit
+#: benchmark's global β is another: experiments.CREDIT_KEEP_BETA)
+KEEP_BETA = 10.0
+#: RefineConfig's default keep ramp (pixels) and disliked-advantage scale, chosen by the same benchmark
+KEEP_RAMP: float | None = 4.0
+DISLIKE_SCALE = 3.0
+
+
+@dataclass
+class RefineConfig:
+    """Hyper-parameters of single-image refinement (one line each; defaults measured on the tiny model)."""
+
+    num_steps: int = 20            # T, DDIM steps of the image's trajectory
+    eta: float = 1.0               # DDIM η in (0, 1] (> 0: a stochastic policy with log-probs)
+    guidance_scale: float | None = None  # None: the pipeline's default
+    learning_rate: float = 4e-3    # AdamW on the LoRA adapters (a fresh optimiser each round); chosen with the composite below
+    updates_per_round: int = 4     # optimiser steps on the one trajectory per round
+    clip_range: float | None = None  # None: score-function PXPO (the paper); a float: element-wise PPO clip
+    advantage_scale: float = 1.0   # A = advantage_scale · painted value
+    max_grad_norm: float | None = 1.0  # gradient-norm clip (None: no clipping)
+    lora_rank: int = 4
+    lora_targets: tuple[str, ...] | None = None  # None: lora.TINY_TARGETS for pixel models, SD_TARGETS for SD
+    keep_beta: float = KEEP_BETA   # β of the per-pixel keep term (keep.Keep): unpainted pixels stay as they were; 0: off
+    keep_liked: bool = True        # True: liked pixels are kept too (w = 1 there); False: only unpainted pixels are kept
+    keep_ramp: float | None = KEEP_RAMP  # pixels: keep weight 0 in a disliked stroke, rising to 1 this far outside it (keep_ramp.py); None: a hard edge
+    dislike_scale: float = DISLIKE_SCALE  # disliked pixels' advantages × this (liked ones × 1)
+    composite: bool = True         # True: redraw only the strokes disliked so far (+ ramp), every other pixel stays the first image's (composite.py)
+    timestep_batch: int | None = None  # timesteps scored per UNet forward (same result to float rounding); None: update.resolve_timestep_batch
+
+    #: names used by sessions saved before the rename; :meth:`from_dict` maps/ignores them
+    LEGACY = {"lr": "learning_rate", "min_sigma": None}
+
+    def __post_init__(self):
+        if self.lora_targets is not None:
+            self.lora_targets = tuple(self.lora_targets)
+        # each number is stored as a Python int/float: np.float32(1e-3), np.int64(4) or a 0-d tensor is accepted
+        # (and the saved manifest stays plain JSON); a bool or a str is refused, naming the field
+        for name in ("num_steps", "updates_per_round", "lora_rank"):
+            setattr(self, name, check_positive_int(f"RefineConfig.{name}", getattr(self, name)))
+        for name, bounds in (("eta", dict(above=0, at_most=1)), ("guidance_scale", dict(at_least=0, optional=True)),
+                             ("learning_rate", dict(above=0)), ("clip_range", dict(above=0, optional=True)),
+                             ("advantage_scale", dict(above=0)), ("max_grad_norm", dict(above=0, optional=True)),
+                             ("keep_beta", dict(at_least=0)), ("dislike_scale", dict(above=0))):
+            setattr(self, name, check_number(f"RefineConfig.{name}", getattr(self, name), **bounds))
+        check_bool("RefineConfig.keep_liked", self.keep_liked)
+        check_bool("RefineConfig.composite", self.composite)
+        self.keep_ramp = check_ramp(self.keep_ramp, "RefineConfig.keep_ramp")
+        self.timestep_batch = check_positive_int("RefineConfig.timestep_batch", self.timestep_batch, optional=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RefineConfig":
+        """A config from a saved manifest's dict (older names: ``lr`` -> ``learning_rate``; ``min_sigma`` dropped;
+        a session saved before the keep term existed continues without it: ``keep_beta`` 0)."""
+        d = dict(d)
+        d.setdefault("keep_beta", 0.0)
+        d.setdefault("keep_ramp", None)  # sessions saved before the ramp continue as they were made
+        d.setdefault("dislike_scale", 1.0)
+        d.setdefault("composite", False)
+        for old, new in cls.LEGACY.items():
+            if old in d:
+                value = d.pop(old)
+                if new is not None:
+                    d.setdefault(new, value)
+        return cls(**d)
