@@ -66,6 +66,15 @@ def test_math_modules_import_nothing_above_them():
     assert not any(bad.values()), bad
 
 
+#: Modules split out so that each concept has one home (issue 20): they sit below sampling and the update.
+LOW = ("guidance", "steps", "refine_config", "config_checks")
+
+
+def test_split_out_homes_import_nothing_above_them():
+    bad = {m: sorted(_imports(PKG / f"{m}.py") & (NOT_BELOW | {"keep", "feedback", "flow", "flow_sampling"})) for m in LOW}
+    assert not any(bad.values()), bad
+
+
 def test_only_the_lazy_package_attribute_imports_the_widget():
     importers = sorted(_rel(p) for p in SOURCES if p.name != "canvas.py" and "canvas" in _imports(p))
     assert importers == ["__init__.py"], importers
