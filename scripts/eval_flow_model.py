@@ -7,7 +7,8 @@ of ``python -m pxpo_lite.evaluate``), the *same initial noise* (one ``torch.rand
 ``--seed``, passed as ``latents``), the same number of steps and the same guidance scales. Each is
 sampled with its own pipeline's deterministic sampler (flow: Euler ODE; DDIM: η = 0), and the DDIM
 model also with η = 1 through ``pxpo_lite.sample`` (the stochastic policy RL samples from, the
-README's protocol). The shipped segmenter judges every image (:func:`pxpo_lite.fidelity.prompt_fidelity`).
+README's protocol). The shipped segmenter judges every image (:func:`pxpo_lite.fidelity.prompt_fidelity`);
+the report lists the images that miss (prompt and hair pixels seen, at most 40 per row).
 
 Writes one JSON report; an existing file at ``--out`` is replaced only if this script wrote it.
 """
@@ -69,7 +70,8 @@ def main(argv=None):
     prompts = world.render(args.n, seed=HELDOUT_WORLD_SEED + 1).prompts
     noise = torch.randn((args.n, 3, world.SIZE, world.SIZE), generator=torch.Generator().manual_seed(args.seed))
     report = {"command": " ".join([COMMAND] + (argv if argv is not None else sys.argv[1:])),
-              "n": args.n, "prompts": "world.render(n, seed=HELDOUT_WORLD_SEED + 1).prompts", "noise_seed": args.seed,
+              "n": args.n, "prompts": "world.render(n, seed=HELDOUT_WORLD_SEED + 1).prompts",
+              "bald_prompts": sum(world.parse_prompt(p).bald for p in prompts), "noise_seed": args.seed,
               "samplers": {s: SAMPLERS[s] for s in args.samplers},
               "training": {"flow": training_record(args.flow), "ddim": training_record(models.TINY_PIPELINE_DIR)},
               "results": {}, "sample_s": {}}
@@ -82,9 +84,11 @@ def main(argv=None):
                 else:
                     images = pipe_images(pipes[s], prompts, noise, steps, g)
                 report["sample_s"][f"{s} steps={steps} guidance={g}"] = round(time.perf_counter() - t, 1)
-                fid = fidelity.prompt_fidelity(images, prompts, seg)
-                report["results"].setdefault(s, {}).setdefault(str(steps), {})[str(g)] = fid
-                print(f"{s:9s} steps {steps:2d} guidance {g}: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in fid.items() if k != "n"),
+                fid = fidelity.prompt_fidelity(images, prompts, seg, per_image=True)
+                misses = [{"i": i, "prompt": prompts[i], "hair_pixels": j["hair_pixels"]}
+                          for i, (m, j) in enumerate(zip(fid.pop("matches"), fid.pop("judgements"))) if not all(m.values())]
+                report["results"].setdefault(s, {}).setdefault(str(steps), {})[str(g)] = {**fid, "misses": misses[:40]}
+                print(f"{s:9s} steps {steps:2d} guidance {g}: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in fid.items() if k not in ("n", "misses")),
                       flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, report, indent=2)

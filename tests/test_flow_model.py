@@ -146,3 +146,22 @@ def test_shipped_flow_model_loads_and_is_small():
     assert not p.unet.training and isinstance(p, flow_models.TinyFlowPipeline)
     images = p(PROMPTS, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+
+
+def test_readme_quotes_the_flow_evaluation_of_the_shipped_weights():
+    """docs/flow_model_eval.json (scripts/eval_flow_model.py) measured these weights; the README quotes it."""
+    from pathlib import Path
+
+    from pxpo_lite import fidelity
+
+    root = Path(__file__).resolve().parents[1]
+    report = json.loads((root / "docs" / "flow_model_eval.json").read_text())
+    shipped = json.loads((flow_models.TINY_FLOW_DIR / "TRAINING.json").read_text())
+    assert report["training"]["flow"]["wall_time_s"] == shipped["wall_time_s"], \
+        "the shipped flow weights changed: re-run the command in docs/flow_model_eval.json"
+    readme = (root / "README.md").read_text()
+    assert report["command"] in readme and shipped["command"].strip() in readme
+    for sampler, label in (("flow", "flow, Euler ODE"), ("ddim", "DDIM, η = 0"), ("ddim_eta1", "DDIM, η = 1")):
+        for g, r in report["results"][sampler]["20"].items():
+            row = f"| {label} | {g} | " + " | ".join(f"{r[k] * 100:.1f} %" for k in fidelity.ATTRIBUTES + ("all",)) + " |"
+            assert row in readme, f"README lacks the measured row {row}"
