@@ -21,10 +21,12 @@ Exercises by notebook: 00 ``check_blueness``; 01 ``check_ddim_step_log_prob``; 0
 ``check_per_pixel_log_prob``, ``check_kronecker_credit``; 04 ``check_pixel_advantages``,
 ``check_pxpo_loss``, ``check_gaussian_kl`` (the keep term); 05 ``check_hair_reward_map``; 06
 ``check_heatmap_to_advantages``, ``check_lora_param_count``; 07 ``check_effect_size``; 08
-``check_latent_grid``. The engine is :mod:`pxpo_lite.checks.engine`.
+``check_latent_grid``; 09 ``check_flow_sde_log_prob``, ``check_group_advantages``. The engine is
+:mod:`pxpo_lite.checks.engine`.
 """
 from .course import (check_blueness, check_effect_size, check_gaussian_kl, check_hair_reward_map, check_latent_grid,
                      check_prompt_advantages)
+from .flow import check_flow_sde_log_prob, check_group_advantages
 from .engine import ATOL, FAILED, MIME, NOT_DONE, OUTCOMES, PASSED, RTOL, summary
 from .mdp import check_ddim_step_log_prob, check_ppo_clip_loss, check_reinforce_estimator
 from .pixel import (check_heatmap_to_advantages, check_kronecker_credit, check_lora_param_count, check_per_pixel_log_prob,
@@ -32,7 +34,8 @@ from .pixel import (check_heatmap_to_advantages, check_kronecker_credit, check_l
 
 __all__ = [
     "ATOL", "FAILED", "MIME", "NOT_DONE", "OUTCOMES", "PASSED", "RTOL", "summary",
-    "check_blueness", "check_ddim_step_log_prob", "check_effect_size", "check_gaussian_kl", "check_hair_reward_map",
+    "check_blueness", "check_ddim_step_log_prob", "check_effect_size", "check_flow_sde_log_prob", "check_gaussian_kl",
+    "check_group_advantages", "check_hair_reward_map",
     "check_heatmap_to_advantages", "check_kronecker_credit", "check_latent_grid", "check_lora_param_count",
     "check_per_pixel_log_prob", "check_pixel_advantages", "check_ppo_clip_loss", "check_prompt_advantages",
     "check_pxpo_loss", "check_reinforce_estimator",

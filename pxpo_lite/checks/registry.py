@@ -53,6 +53,9 @@ EXERCISES: tuple[Exercise, ...] = (
              "LoRA's trainable parameters", allowed=("pxpo_lite.lora.matching_modules",)),
     Exercise("07_ddpo_vs_pxpo", "07.1", "effect_size", "effect_size", 1, "effect size"),
     Exercise("08_stable_diffusion", "08.1", "latent_grid", "to_latent_grid", 1, "the latent grid"),
+    Exercise("09_flow_matching_grpo", "09.1", "flow_sde_log_prob", "sde_log_prob", 3,
+             "one Flow-GRPO SDE step: mean, std and log-probability"),
+    Exercise("09_flow_matching_grpo", "09.2", "group_advantages", "group_advantages_of", 2, "GRPO's group advantages"),
 )
 
 NOTEBOOKS: dict[str, tuple[Exercise, ...]] = {"00a_environment_check": ()}  # a course notebook without exercises
