@@ -39,6 +39,7 @@ EXERCISES = {
     "06_human_feedback_canvas.ipynb": ["heatmap_to_advantages", "lora_param_count"],
     "07_ddpo_vs_pxpo.ipynb": ["effect_size"],
     "08_stable_diffusion.ipynb": ["latent_grid"],
+    "09_flow_matching_grpo.ipynb": ["flow_sde_log_prob", "group_advantages"],
 }
 COURSE_NOTEBOOKS = sorted(EXERCISES)
 STUDENT_RUN = ["01b_rl_from_zero.ipynb", "06_human_feedback_canvas.ipynb", "08_stable_diffusion.ipynb"]  # the fast ones
@@ -116,6 +117,14 @@ def prompt_adv_ok(rewards, prompts, clip_max=5.0):
     return out.clamp(-clip_max, clip_max)
 
 
+def sde_ok(scheduler, v, i, x, x_next, a):
+    t, t_next = scheduler.sigmas[i], scheduler.sigmas[i + 1]
+    sigma = a * (t / (1 - (scheduler.sigmas[1] if t == 1 else t))).sqrt()
+    mu = x + (v + sigma**2 / (2 * t) * (x + (1 - t) * v)) * (t_next - t)
+    s = sigma * (t - t_next).sqrt()
+    return -(x_next - mu) ** 2 / (2 * s**2) - s.log() - 0.5 * math.log(2 * math.pi)
+
+
 def lora_count_ok(model, rank, target_modules):
     mods, n = dict(model.named_modules()), 0
     for name in lora.matching_modules(model, target_modules):
@@ -143,6 +152,8 @@ CORRECT = [
     (checks.check_hair_reward_map, lambda lg: -lg.softmax(1)[:, 2]),
     (checks.check_effect_size, lambda b, a: (a.mean() - b.mean()) / b.std(unbiased=False)),
     (checks.check_latent_grid, lambda m, f: F.avg_pool2d(m[:, None], f)[:, 0]),
+    (checks.check_flow_sde_log_prob, sde_ok),
+    (checks.check_group_advantages, prompt_adv_ok),  # GRPO's groups are DDPO's per-prompt statistics of one batch
 ]
 
 
