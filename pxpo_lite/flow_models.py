@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from . import models
-from .models import TinyPipelineOutput, TinyPortraitPipeline
+from .models import TinyPortraitPipeline
 
 TINY_FLOW_DIR = models.ASSETS / "tiny_flow"
 FLOW_PRETRAIN_HINT = "rebuild it with `python -m pxpo_lite.pretrain flow` (see README, 'Shipped models')"
@@ -118,18 +118,7 @@ class TinyFlowPipeline(TinyPortraitPipeline):
             else:
                 v = self.unet(x, t, encoder_hidden_states=cond).sample
             x = self.scheduler.step(v, t, x).prev_sample
-        images = self.decode_latents_to_images(x)
-        if output_type == "pil":
-            from .plotting import to_pil
-
-            images = [to_pil(im) for im in images]
-        elif output_type == "np":
-            images = images.permute(0, 2, 3, 1).cpu().numpy()
-        elif output_type != "pt":
-            raise ValueError(f"output_type must be 'pt', 'np' or 'pil', got {output_type!r}")
-        if not return_dict:
-            return (images,)
-        return TinyPipelineOutput(images=images)
+        return self._output(x, output_type, return_dict)
 
 
 def build_tiny_flow_pipeline(seed: int = 0, **unet_overrides) -> TinyFlowPipeline:

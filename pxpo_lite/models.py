@@ -264,6 +264,10 @@ class TinyPortraitPipeline(_pipeline_base()):
             else:
                 out = self.unet(latents, t, encoder_hidden_states=cond).sample
             latents = ddim_step(self.scheduler, out, t, latents, eta=eta, generator=generator)
+        return self._output(latents, output_type, return_dict)
+
+    def _output(self, latents: torch.Tensor, output_type: str, return_dict: bool):
+        """The sample x_0 as ``output_type`` ('pt', 'np' or 'pil'), wrapped like diffusers' pipelines return it."""
         images = self.decode_latents_to_images(latents)
         if output_type == "pil":
             from .plotting import to_pil
