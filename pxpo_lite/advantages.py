@@ -88,6 +88,19 @@ def _as_float64(rewards, what: str = "rewards") -> torch.Tensor:
         raise TypeError(f"{what} must be a tensor/array of numbers, got {type(rewards).__name__} ({e})") from None
 
 
+def _checked_rewards(prompts, rewards) -> tuple[torch.Tensor, torch.device | str]:
+    """``rewards`` as float64 after the checks every tracker makes (one str prompt per reward; shape,
+    empty, NaN/inf, too large), and the device to return advantages on."""
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a list of str (one per sample), got {type(prompts).__name__}")
+    device = rewards.device if isinstance(rewards, torch.Tensor) else "cpu"
+    r64 = _as_float64(rewards)
+    if r64.ndim in (1, 3) and len(prompts) != len(r64):
+        raise ValueError(f"got {len(r64)} rewards but {len(prompts)} prompts; pass one prompt per reward")
+    check_reward(r64, None, name="rewards", prompts=list(prompts))
+    return r64, device
+
+
 def no_signal(std: float, scale: float, eps: float = EPS, rel_tol: float = REL_TOL) -> bool:
     """True when a group's std is noise: std ≤ eps + rel_tol · scale, scale = max |r| (module docstring)."""
     return std <= eps + rel_tol * scale
@@ -138,13 +151,7 @@ class PerPromptStatTracker:
         return mean, std, float(np.abs(group).max())
 
     def update(self, prompts: Sequence[str], rewards) -> torch.Tensor:
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-            raise TypeError(f"prompts must be a list of str (one per sample), got {type(prompts).__name__}")
-        device = rewards.device if isinstance(rewards, torch.Tensor) else "cpu"
-        r64 = _as_float64(rewards)
-        if r64.ndim in (1, 3) and len(prompts) != len(r64):
-            raise ValueError(f"got {len(r64)} rewards but {len(prompts)} prompts; pass one prompt per reward")
-        check_reward(r64, None, name="rewards", prompts=list(prompts))  # shape, empty, NaN/inf, too large
+        r64, device = _checked_rewards(prompts, rewards)
         r = r64.numpy()
         first = next(iter(self.buffers.values()), None)
         if first and np.shape(first[0]) != r.shape[1:]:
@@ -307,13 +314,7 @@ class GroupStatTracker:
         self.last_groups = 0
 
     def update(self, prompts: Sequence[str], rewards) -> torch.Tensor:
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-            raise TypeError(f"prompts must be a list of str (one per sample), got {type(prompts).__name__}")
-        device = rewards.device if isinstance(rewards, torch.Tensor) else "cpu"
-        r64 = _as_float64(rewards)
-        if r64.ndim in (1, 3) and len(prompts) != len(r64):
-            raise ValueError(f"got {len(r64)} rewards but {len(prompts)} prompts; pass one prompt per reward")
-        check_reward(r64, None, name="rewards", prompts=list(prompts))
+        r64, device = _checked_rewards(prompts, rewards)
         r, prompts = r64.numpy(), list(prompts)
         groups = {p: np.array([i for i, q in enumerate(prompts) if q == p]) for p in dict.fromkeys(prompts)}
         single = [p for p, idx in groups.items() if len(idx) < 2]

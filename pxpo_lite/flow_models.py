@@ -103,22 +103,12 @@ class TinyFlowPipeline(TinyPortraitPipeline):
         if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
         check_flow_scheduler(self.scheduler)
-        prompts = self.check_prompts(prompt)
-        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
-        device = self.device
-        cfg = guidance_scale > 1.0
-        cond, uncond = self.encode_prompt(prompts, device, num_images_per_prompt, cfg)
-        x = self._initial_noise(cond.shape[0], generator, latents)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            if cfg:
-                v = self.unet(torch.cat([x] * 2), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
-                u, c = v.chunk(2)
-                v = u + guidance_scale * (c - u)
-            else:
-                v = self.unet(x, t, encoder_hidden_states=cond).sample
-            x = self.scheduler.step(v, t, x).prev_sample
-        return self._output(x, output_type, return_dict)
+        return super().__call__(prompt, num_inference_steps, guidance_scale, generator, output_type, 0.0, latents,
+                                num_images_per_prompt, return_dict)
+
+    def _step(self, out, t, x, eta, generator):
+        """One Euler step of the flow ODE (diffusers' ``scheduler.step``; ``out`` is the velocity)."""
+        return self.scheduler.step(out, t, x).prev_sample
 
 
 def build_tiny_flow_pipeline(seed: int = 0, **unet_overrides) -> TinyFlowPipeline:

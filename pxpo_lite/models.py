@@ -250,11 +250,7 @@ class TinyPortraitPipeline(_pipeline_base()):
         device = self.device
         cfg = guidance_scale > 1.0
         cond, uncond = self.encode_prompt(prompts, device, num_images_per_prompt, cfg)
-        B = cond.shape[0]
-        if latents is None:
-            from .sampling import initial_latents
-
-            latents = initial_latents(self, B, generator)
+        latents = self._initial_noise(cond.shape[0], generator, latents)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         for t in self.progress_bar(self.scheduler.timesteps):
             if cfg:
@@ -263,8 +259,20 @@ class TinyPortraitPipeline(_pipeline_base()):
                 out = u + guidance_scale * (c - u)
             else:
                 out = self.unet(latents, t, encoder_hidden_states=cond).sample
-            latents = ddim_step(self.scheduler, out, t, latents, eta=eta, generator=generator)
+            latents = self._step(out, t, latents, eta, generator)
         return self._output(latents, output_type, return_dict)
+
+    def _initial_noise(self, batch: int, generator, latents):
+        """x_T: drawn as diffusers draws it, or the caller's ``latents`` (the sampler checks them)."""
+        if latents is not None:
+            return latents
+        from .sampling import initial_latents
+
+        return initial_latents(self, batch, generator)
+
+    def _step(self, out, t, x, eta, generator):
+        """One sampler step x_t -> x_{t-1} (here DDIM's; the flow pipeline takes an Euler step)."""
+        return ddim_step(self.scheduler, out, t, x, eta=eta, generator=generator)
 
     def _output(self, latents: torch.Tensor, output_type: str, return_dict: bool):
         """The sample x_0 as ``output_type`` ('pt', 'np' or 'pil'), wrapped like diffusers' pipelines return it."""
