@@ -136,31 +136,52 @@ def _not_finite(what: str, t: torch.Tensor, traj, idx: torch.Tensor, step: int, 
         )
 
 
-#: :func:`resolve_timestep_batch`'s budget: UNet input elements per forward (rows × C·h·w); the
-#: tiny model at micro-batch 8 gets 5 timesteps per forward, one painted image (batch 1) all 20,
-#: the tiny SD of the TRL benchmark (batch 4, guided) all 20.
+#: :func:`resolve_timestep_batch`'s speed budget on a CPU: UNet input elements per forward (rows × C·h·w);
+#: the tiny model at micro-batch 8 gets 5 timesteps per forward, one painted image (batch 1) all 20,
+#: the tiny SD of the TRL benchmark (batch 4, guided) all 20. Measured on CPU
+#: (``benchmarks/bench_speedups.py``): several timesteps per forward pay where the per-call overhead
+#: dominates (small batches, small latents) and not for large ones.
 TIMESTEP_BATCH_ELEMENTS = 2**17
-#: UNets with at least this many parameters (Stable Diffusion: 860 M) score one timestep per forward
-#: by default: their activations, not the per-call overhead, bound a step.
-TIMESTEP_BATCH_MAX_PARAMS = 100_000_000
 
 
 def resolve_timestep_batch(timestep_batch: int | None, pipe, traj, micro_batch: int) -> int:
-    """``timestep_batch`` as given, or for None the default: 1 for a large UNet
-    (≥ ``TIMESTEP_BATCH_MAX_PARAMS``), else as many timesteps as keep one forward within
-    ``TIMESTEP_BATCH_ELEMENTS`` input elements (at least 1, at most the trajectory's steps).
+    """``timestep_batch`` as given, or for None the automatic rule: as many of the trajectory's steps as
 
-    Measured (``python benchmarks/bench_speedups.py``): scoring several timesteps per forward pays
-    where the per-call overhead dominates (small batches, small latents) and not for large ones.
+    * fit in memory: k × rows ≤ :func:`pxpo_lite.memory.rows_that_fit` (the activation bytes of one
+      row measured on this UNet by a probe forward, against ``MEMORY_FRACTION`` of the free memory
+      of its device — the GPU's free memory on CUDA; the fraction is an estimate, unmeasured on a GPU);
+    * and, on a CPU, keep one forward within ``TIMESTEP_BATCH_ELEMENTS`` input elements (measured:
+      beyond it a bigger forward is no faster per row, only larger);
+
+    at least 1, at most the trajectory's steps. rows = micro-batch × 2 with guidance. No
+    parameter-count cut-off: a Stable Diffusion UNet gets k > 1 when its memory allows it.
     """
     if timestep_batch is not None:
         check_positive_int("timestep_batch (timesteps per UNet forward; None: automatic)", timestep_batch)
         return timestep_batch
-    if sum(p.numel() for p in pipe.unet.parameters()) >= TIMESTEP_BATCH_MAX_PARAMS:
-        return 1
     rows = micro_batch * (2 if traj.negative_prompt_embeds is not None else 1)
-    per_step = rows * math.prod(traj.latents.shape[2:])
-    return max(1, min(traj.num_steps, TIMESTEP_BATCH_ELEMENTS // max(1, per_step)))
+    k = traj.num_steps
+    device = next(pipe.unet.parameters()).device
+    if device.type != "cuda":
+        per_step = rows * math.prod(traj.latents.shape[2:])
+        k = min(k, TIMESTEP_BATCH_ELEMENTS // max(1, per_step))
+    if k > 1:
+        fit = _rows_that_fit(pipe, tuple(traj.latents.shape[2:]), traj.prompt_embeds)
+        if fit is not None:
+            k = min(k, fit // rows)
+    return max(1, k)
+
+
+def _rows_that_fit(pipe, sample_shape, cond) -> int | None:
+    """:func:`pxpo_lite.memory.rows_that_fit`, or None when the probe cannot run on this model (no memory cap then)."""
+    from .memory import rows_that_fit
+
+    if getattr(cond, "device", None) is not None and cond.device.type == "meta":
+        return None
+    try:
+        return rows_that_fit(pipe, sample_shape, cond)
+    except (TypeError, AttributeError, RuntimeError, ValueError):
+        return None
 
 
 def group_pairs(pairs: Sequence[tuple[torch.Tensor, int]], timestep_batch: int) -> list[list[tuple[torch.Tensor, int]]]:

@@ -337,7 +337,16 @@ def test_resolve_timestep_batch_rule():
     assert update.resolve_timestep_batch(3, pipe, traj, 8) == 3
     assert update.resolve_timestep_batch(None, pipe, traj, 8) == update.TIMESTEP_BATCH_ELEMENTS // (8 * 3 * 32 * 32) == 5
     assert update.resolve_timestep_batch(None, pipe, traj, 1) == 20  # one painted image: every step at once
-    big = type("P", (), {"unet": torch.nn.Linear(10_000, 10_000, device="meta")})()  # 100 M parameters, no memory
-    assert update.resolve_timestep_batch(None, big, traj, 1) == 1  # Stable Diffusion-sized UNet: one step per forward
+    # no parameter-count cut-off: a 100 M-parameter UNet is not forced to 1 (the probe cannot run on it: no memory cap)
+    big = type("P", (), {"unet": torch.nn.Linear(10_000, 10_000, device="meta")})()
+    assert update.resolve_timestep_batch(None, big, traj, 1) == 20
+    # the memory rule: k × rows ≤ rows that fit (the bytes per row measured by a probe forward)
+    from pxpo_lite import memory
+
+    assert memory.activation_bytes_per_row(pipe, (3, 32, 32), traj.prompt_embeds) > 3 * 32 * 32 * 4
+    for free_rows, k in ((10**6, 20), (8 * 3, 3), (8 * 5 + 7, 5), (1, 1)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(update, "_rows_that_fit", lambda *a, n=free_rows: n)
+            assert update.resolve_timestep_batch(None, pipe, traj, 8 if k != 20 else 1) == k
     with pytest.raises(ValueError, match=r"timestep_batch \(.*None: automatic\) must be an int >= 1, got 0"):
         update.resolve_timestep_batch(0, pipe, traj, 8)
