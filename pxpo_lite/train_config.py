@@ -30,11 +30,11 @@ class TrainConfig:
     eta: float = 1.0  # DDIM noise weight in (0, 1]; > 0 so that each step is a Gaussian policy with a log-prob (flow.FlowTrainer: Flow-GRPO's noise level a)
     guidance_scale: float | None = None  # classifier-free guidance w; None: the pipeline's default (tiny 1.0, SD 5.0)
     samples_per_epoch: int = 32  # trajectories sampled per epoch, summed over all processes
-    sample_batch_size: int = 16  # trajectories per sampling call, per process
+    sample_batch_size: int | None = None  # trajectories per sampling call, per process (a cap); None: the whole epoch in one call when it fits in memory, else as few equal calls as fit (Trainer.sampling_batch_size; memory.rows_that_fit — measured activation bytes per row, the memory share an estimate)
     train_batch_size: int = 8  # samples per forward/backward micro-batch, per process
     grad_accum_steps: int = 1  # micro-batches (each over its timesteps) accumulated into one optimiser step
     inner_epochs: int = 1  # passes over each epoch's samples (DDPO's num_inner_epochs)
-    timestep_batch: int | None = None  # timesteps of a micro-batch scored in one UNet forward (same gradient to float rounding, k× activation memory); None: update.resolve_timestep_batch (1 for SD, several for small models)
+    timestep_batch: int | None = None  # timesteps of a micro-batch scored in one UNet forward (same gradient to float rounding, k× activation memory); None: update.resolve_timestep_batch (as many as fit in memory; on a CPU also within a measured input-size budget)
     timestep_fraction: float = 1.0  # share of each micro-batch's stochastic steps (σ_t > 0) trained on (random subset)
     learning_rate: float | None = None  # AdamW lr; None: 3e-4 with LoRA (DDPO), 1e-4 for the full UNet
     adam_betas: tuple = (0.9, 0.999)  # AdamW betas
@@ -94,7 +94,8 @@ def check_config(config: TrainConfig, num_processes: int = 1) -> None:
     if c.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {c.mixed_precision!r}")
     # numbers are checked and stored back as Python int/float: np.float32(0.2) or a 0-d tensor is a number
-    for name in ("num_steps", "samples_per_epoch", "sample_batch_size", "train_batch_size", "grad_accum_steps",
+    c.sample_batch_size = check_positive_int("sample_batch_size", c.sample_batch_size, optional=True)  # None: automatic
+    for name in ("num_steps", "samples_per_epoch", "train_batch_size", "grad_accum_steps",
                  "inner_epochs", "stat_buffer_size", "stat_min_count", "lora_rank"):
         setattr(c, name, check_positive_int(name, getattr(c, name)))
     seed = as_int(c.seed)
@@ -122,7 +123,7 @@ def check_config(config: TrainConfig, num_processes: int = 1) -> None:
             f"use a multiple of {num_processes}"
         )
     local = c.samples_per_epoch // num_processes
-    if local % c.sample_batch_size:
+    if c.sample_batch_size is not None and local % c.sample_batch_size:
         raise ValueError(
             f"each process samples samples_per_epoch / processes = {c.samples_per_epoch} / {num_processes} = {local} "
             f"trajectories, not divisible by sample_batch_size={c.sample_batch_size}; make it a divisor of {local}"

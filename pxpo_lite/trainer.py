@@ -157,6 +157,7 @@ class Trainer:
         self.epoch = 0
         self.global_step = 0
         self.metrics: list[dict] = []
+        self.last_reward_s = 0.0  # seconds of the last reward call (phase times)
 
     # -- helpers -------------------------------------------------------------------------------
     @property
@@ -173,8 +174,11 @@ class Trainer:
         return [self.prompts[i] for i in idx]
 
     def _rewards(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """The reward function's output, checked (:func:`rewards.check_reward`): (B,) or (B,H,W), finite."""
+        """The reward function's output, checked (:func:`rewards.check_reward`): (B,) or (B,H,W), finite.
+        Its seconds are kept in ``self.last_reward_s`` (the epoch's phase times)."""
+        t0 = time.perf_counter()
         r = self.reward_fn(images, prompts)
+        self.last_reward_s = time.perf_counter() - t0
         try:
             rewards_mod.check_reward(r, images, name="the reward function's output")
         except ValueError as e:
@@ -185,17 +189,49 @@ class Trainer:
             raise TrainingError(f"{e}{who}; training stopped before any update (weights untouched)") from e
         return r.detach().float()
 
+    def sampling_batch_size(self, n: int, prompts: Sequence[str]) -> int:
+        """Trajectories per sampling call for ``n`` samples: ``TrainConfig.sample_batch_size`` when set
+        (a cap), else the whole ``n`` in one call when it fits in memory, or as few equal calls as fit.
+
+        The automatic rule (:mod:`pxpo_lite.memory`): rows per sample = 2 with guidance (the CFG
+        batch [uncond; cond] is one forward), 1 without; the activation bytes of one row are measured
+        on this UNet, the free memory read from its device; the share of it used is an estimate
+        (unmeasured on a GPU). When the probe cannot run on a model, the whole ``n`` is one call.
+        Chunking does not change the distribution: every sample's x_T and step noise are fresh
+        N(0, I) draws in either layout (other draws, the same law).
+        """
+        c = self.config
+        if c.sample_batch_size is not None:
+            return c.sample_batch_size
+        from .guidance import resolve_guidance_scale, uses_guidance
+        from .sampling import _encode, _sample_shape
+
+        try:
+            rows = 2 if uses_guidance(resolve_guidance_scale(self.pipe, c.guidance_scale)) else 1
+            cond = _encode(self.pipe, list(prompts[:1]), 1.0)[0]
+            from .memory import rows_that_fit
+
+            fit = rows_that_fit(self.pipe, _sample_shape(self.pipe, 1)[1:], cond)
+        except (TypeError, AttributeError, RuntimeError, ValueError):
+            fit = None
+        cap = n if fit is None else max(1, min(n, fit // rows))
+        calls = -(-n // cap)
+        return -(-n // calls)
+
     def sample_and_score(self, prompts: Sequence[str] | None = None, n: int | None = None, generator=None):
         """Sample trajectories (``prompts``, or ``n`` drawn from the training prompts) and reward them.
 
         Returns ``(trajectory, rewards)``, rewards (B,) or (B,H,W) as the reward function gives.
+        Each sampling call carries :meth:`sampling_batch_size` trajectories.
         """
         c = self.config
         generator = generator if generator is not None else torch.Generator().manual_seed(c.seed)
         if prompts is None:
             prompts = self._draw_prompts(n or self.local_samples, generator)
-        traj = sample(self.pipe, list(prompts), num_steps=c.num_steps, eta=c.eta, guidance_scale=c.guidance_scale,
-                      generator=generator, progress=False, batch_size=c.sample_batch_size)
+        prompts = list(prompts)
+        self.last_sampling_batch_size = bs = self.sampling_batch_size(len(prompts), prompts)
+        traj = sample(self.pipe, prompts, num_steps=c.num_steps, eta=c.eta, guidance_scale=c.guidance_scale,
+                      generator=generator, progress=False, batch_size=bs)
         return traj, self._rewards(traj.images, traj.prompts)
 
     def compute_advantages(self, prompts: list[str], rewards: torch.Tensor, sample_grid: tuple[int, int]):
@@ -281,17 +317,21 @@ class Trainer:
         """One epoch, steps 1–5 of the module docstring; the metrics record is appended and returned."""
         c, acc = self.config, self.accelerator
         t0 = time.perf_counter()
-        # 1. sample trajectories with the current policy; 2. reward the final images: (B,) or (B,H,W)
+        # 1. sample trajectories with the current policy (as few sampling calls as memory allows);
+        # 2. reward the final images: (B,) or (B,H,W)
+        self.last_reward_s = 0.0
         traj, rewards = self.sample_and_score(n=self.local_samples, generator=_gen(c.seed, self.epoch, acc.process_index, "sample"))
-        t1 = time.perf_counter()
+        t2 = time.perf_counter()
+        t1 = t2 - self.last_reward_s  # sampling ends where the reward function starts
         # 3. advantages, normalised over all processes: (B,) DDPO | (B,h,w) PXPO on the sample grid
         adv = self.compute_advantages(traj.prompts, rewards, tuple(traj.latents.shape[-2:]))
         channels = self._channel_means()  # per-channel rewards of a MultiChannelReward, before anything else calls it
         keep_map = (keep_lib.keep_weights_from_fn(self.keep_weights, traj.images, traj.prompts, tuple(traj.latents.shape[-2:]))
                     if self.keep_weights is not None else None)
+        t3 = time.perf_counter()
         # 4. optimise: inner epochs × micro-batches × random stochastic timesteps (+ the keep term)
         info = self.optimise(traj, adv, _gen(c.seed, self.epoch, acc.process_index, "update"), keep_map)
-        t2 = time.perf_counter()
+        t4 = time.perf_counter()
         # 5. log (rewards of all processes)
         image_r = rewards.mean(dim=(1, 2)) if rewards.ndim == 3 else rewards  # (B,)
         all_r = acc.gather(image_r.to(acc.device).contiguous()).cpu() if acc.num_processes > 1 else image_r.cpu()
@@ -306,8 +346,10 @@ class Trainer:
             "advantage_abs_mean": float(adv.abs().mean()),
             **channels,
             **info,
-            "sample_s": t1 - t0,
-            "train_s": t2 - t1,
+            "sample_batch_size": getattr(self, "last_sampling_batch_size", c.sample_batch_size),
+            "sample_s": t2 - t0,  # sampling + reward
+            "train_s": t4 - t2,  # advantages (+ keep maps) + update
+            "seconds": {"sampling": t1 - t0, "reward": t2 - t1, "advantages": t3 - t2, "update": t4 - t3},
         }
         self.metrics.append(record)
         if c.log_with:

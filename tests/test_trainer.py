@@ -314,3 +314,31 @@ def test_timestep_batch_config_and_same_training():
     assert ra["reward_mean"] == rb["reward_mean"]  # same samples
     for pa, pb in zip(a.params, b.params):  # Adam's first step is ±lr (1e-4) per weight: allow a fifth of one step
         torch.testing.assert_close(pa, pb, rtol=0, atol=2e-5)
+
+
+def test_phase_seconds_and_automatic_sampling_layout(monkeypatch):
+    """Each epoch records its phase times; sample_batch_size=None draws the epoch in one call when it fits,
+    else in as few equal calls as fit (the memory rule, issue 22); an explicit value is a cap."""
+    import pxpo_lite.memory as memory
+
+    tr = make(sample_batch_size=None)
+    rec = tr.train_epoch()
+    assert set(rec["seconds"]) == {"sampling", "reward", "advantages", "update"}
+    assert all(v >= 0 for v in rec["seconds"].values()) and rec["seconds"]["sampling"] > 0 and rec["seconds"]["update"] > 0
+    assert abs(rec["sample_s"] - rec["seconds"]["sampling"] - rec["seconds"]["reward"]) < 1e-9
+    assert rec["sample_batch_size"] == 4  # the whole epoch (4 samples) in one sampling call on a CPU
+    assert make(sample_batch_size=2).train_epoch()["sample_batch_size"] == 2  # an explicit cap is kept
+    # little free memory: as few equal calls as fit (rows per sample: 1, the tiny model is unguided)
+    per_row = memory.activation_bytes_per_row(tr.pipe, (3, 32, 32), tr.pipe.encode_prompt(PROMPTS[:1], "cpu", 1, False)[0])
+    for rows, bs in ((3, 2), (1, 1), (2, 2), (100, 4)):
+        monkeypatch.setattr(memory, "available_bytes", lambda device, r=rows: int(r * per_row / memory.MEMORY_FRACTION) + 1)
+        assert tr.sampling_batch_size(4, PROMPTS) == bs, rows
+    monkeypatch.setattr(memory, "available_bytes", lambda device: None)  # unknown memory: one call
+    assert tr.sampling_batch_size(6, PROMPTS) == 6
+
+
+def test_automatic_sampling_layout_is_the_same_training_run_as_one_explicit_call():
+    """sample_batch_size=None on a CPU is one call: the same samples and weights as sample_batch_size=samples_per_epoch."""
+    a, b = make(sample_batch_size=None), make(sample_batch_size=4)
+    ra, rb = a.train_epoch(), b.train_epoch()
+    assert ra["reward_mean"] == rb["reward_mean"] and same(weights(a), weights(b))
