@@ -15,7 +15,11 @@ frequency) that belong to ``Trainer.train`` rather than to the config::
 Differences worth knowing (the table in ``docs/from_trl.md`` lists every field):
 
 * ``sample_batch_size`` × ``sample_num_batches_per_epoch`` × processes is TRL's samples per
-  epoch; pxpo-lite asks for that total (``samples_per_epoch``) and the per-call batch.
+  epoch; pxpo-lite asks for that total (``samples_per_epoch``) and leaves the per-call layout to its
+  automatic rule (``sample_batch_size=None``: the whole epoch in one call when it fits in memory,
+  :meth:`Trainer.sampling_batch_size`). TRL's split into calls is a memory setting, not part of the
+  algorithm: the samples have the same distribution either way. Pass ``sample_batch_size=k`` as an
+  override to cap the calls at k as TRL did.
 * TRL's ``per_prompt_stat_tracking`` defaults to False; pxpo-lite's ``per_prompt_stats`` to True.
   An explicit TRL value is kept; a missing one takes TRL's default, so a TRL config means what it
   meant there.
@@ -86,7 +90,6 @@ TRL_FIELD_MAP: dict[str, str] = {
     "sample_num_steps": "num_steps",
     "sample_eta": "eta",
     "sample_guidance_scale": "guidance_scale",
-    "sample_batch_size": "sample_batch_size",
     "train_batch_size": "train_batch_size",
     "train_learning_rate": "learning_rate",
     "train_adam_weight_decay": "adam_weight_decay",
@@ -102,7 +105,7 @@ TRL_FIELD_MAP: dict[str, str] = {
     "per_prompt_stat_tracking_min_count": "stat_min_count",
 }
 # Read but mapped in a combined way.
-_COMBINED = {"train_adam_beta1", "train_adam_beta2", "sample_num_batches_per_epoch"}
+_COMBINED = {"train_adam_beta1", "train_adam_beta2", "sample_batch_size", "sample_num_batches_per_epoch"}
 # Run-level settings: see trl_run_settings.
 _RUN = {"num_epochs", "save_freq", "resume_from", "logdir", "num_checkpoint_limit"}
 # Accepted and ignored: logging, tracking, hub and performance bookkeeping with no effect on what is trained.
