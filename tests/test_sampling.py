@@ -253,3 +253,25 @@ def test_numpy_integers_are_ints_for_num_steps_and_batch_size(pipe):
     for bad in (True, np.float64(2.0)):
         with pytest.raises(ValueError, match="num_steps must be an int >= 1"):
             sample(pipe, PROMPTS[:1], num_steps=bad, progress=False)
+
+
+def test_one_call_and_chunked_calls_draw_the_same_noise_values(pipe):
+    """The trainer's automatic layout (the whole epoch in one call) and a capped one (several calls) draw
+    the SAME standard-normal values from the same generator, assigned to other samples and steps: x_T of
+    every sample and every step's z. So the two layouts sample from the same distribution (issue 22)."""
+    from pxpo_lite.sampling import step_gaussians
+
+    prompts = world.all_prompts()[:6]
+
+    def draws(batch_size):
+        tr = sample(pipe, prompts, num_steps=3, eta=1.0, generator=g(7), progress=False, batch_size=batch_size)
+        gs = step_gaussians(pipe, tr, range(tr.num_steps))
+        assert all(float(s.sigma) > 0 for s in gs)  # every step drew its noise
+        with torch.no_grad():
+            z = [(tr.latents[:, i + 1] - s.mean) / s.sigma for i, s in enumerate(gs)]
+        return torch.cat([tr.latents[:, 0].flatten() / pipe.scheduler.init_noise_sigma, *(x.flatten() for x in z)])
+
+    one, chunked = draws(None), draws(2)
+    assert not torch.allclose(one, chunked)  # other assignments of the draws ...
+    assert torch.allclose(one.sort().values, chunked.sort().values, atol=1e-3)  # ... of the same values
+    assert abs(float(one.mean())) < 0.02 and abs(float(one.std()) - 1) < 0.02
