@@ -195,15 +195,18 @@ def test_bench_vs_trl_arms_map_to_valid_configs(monkeypatch):
     from pathlib import Path
 
     from pxpo_lite.train_config import check_config
-    from pxpo_lite.trl_compat import train_config_from_trl
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import bench_vs_trl as bench
 
-    for arm, (method, overrides, what) in bench.OURS.items():
-        cfg = train_config_from_trl(bench.PEER, method=method, progress=False, **overrides)
-        check_config(cfg)
-        assert cfg.samples_per_epoch == bench.SAMPLES_PER_EPOCH and cfg.train_batch_size == 4 and cfg.num_steps == 20
-        assert cfg.clip_range == 1e-4 and cfg.guidance_scale == 5.0 and cfg.use_lora and what
-    assert bench.OURS["ddpo-1"][1] == {"timestep_batch": 1}
+    for layout in bench.LAYOUTS:
+        assert bench.peer_config(layout)["sample_batch_size"] * bench.peer_config(layout)["sample_num_batches_per_epoch"] == 16
+        for arm, (method, overrides, what) in bench.OURS.items():
+            cfg = bench.arm_config(arm, layout)
+            check_config(cfg)
+            assert cfg.samples_per_epoch == bench.SAMPLES_PER_EPOCH and cfg.train_batch_size == 4 and cfg.num_steps == 20
+            assert cfg.clip_range == 1e-4 and cfg.guidance_scale == 5.0 and cfg.use_lora and what and cfg.method == method
+        assert bench.arm_config("ddpo", layout).sample_batch_size is None  # our automatic layout
+        assert bench.arm_config("ddpo-trl-calls", layout).sample_batch_size == bench.LAYOUTS[layout][0]
+    assert bench.OURS["ddpo-1"][1] == {"timestep_batch": 1} and bench.DEFAULT_ARMS == ("trl", "ddpo", "pxpo")
     assert all({num, den} <= {"trl", *bench.OURS} for _, num, den in bench.RATIOS)
