@@ -255,16 +255,19 @@ def test_numpy_integers_are_ints_for_num_steps_and_batch_size(pipe):
             sample(pipe, PROMPTS[:1], num_steps=bad, progress=False)
 
 
-def test_one_call_and_chunked_calls_draw_the_same_noise_values(pipe):
+def test_one_call_and_chunked_calls_draw_the_same_noise_values(sd_pipe):
     """The trainer's automatic layout (the whole epoch in one call) and a capped one (several calls) draw
     the SAME standard-normal values from the same generator, assigned to other samples and steps: x_T of
-    every sample and every step's z. So the two layouts sample from the same distribution (issue 22)."""
+    every sample and every step's z. So the two layouts sample from the same distribution (issue 22).
+    (Tiny SD: its leading schedule has σ_t > 0 at every step, so every draw can be read back.)"""
     from pxpo_lite.sampling import step_gaussians
+
+    pipe = sd_pipe
 
     prompts = world.all_prompts()[:6]
 
     def draws(batch_size):
-        tr = sample(pipe, prompts, num_steps=3, eta=1.0, generator=g(7), progress=False, batch_size=batch_size)
+        tr = sample(pipe, prompts, num_steps=3, eta=1.0, guidance_scale=5.0, generator=g(7), progress=False, batch_size=batch_size)
         gs = step_gaussians(pipe, tr, range(tr.num_steps))
         assert all(float(s.sigma) > 0 for s in gs)  # every step drew its noise
         with torch.no_grad():
