@@ -73,7 +73,7 @@ from tqdm.auto import tqdm
 
 from . import models, world
 from .files import atomic_write_json
-from .flow_models import TINY_FLOW_DIR, build_tiny_flow_pipeline
+from .flow_models import TINY_FLOW_DIR, build_tiny_flow_pipeline, load_tiny_flow_pipeline
 
 HELDOUT_WORLD_SEED = 10**9
 """World (image/prompt) seeds from here on are held out: pretraining renders batches with seeds
@@ -85,6 +85,10 @@ FLOW_STEPS = 2200
 on the shared 2-core machine with ``--threads 1`` (25 min of CPU time; 2 threads on the loaded
 machine ran 7× slower per step), inside the issue's hour."""
 
+
+
+#: the options of the running command after ``what`` (TRAINING.json's "command"); :func:`main` sets them
+_ARGS = {"text": " ".join(sys.argv[2:])}
 
 
 def library_versions() -> dict:
@@ -217,7 +221,7 @@ def train_segmenter(out: Path, steps: int = 1500, batch: int = 32, lr: float = 3
     model.eval()
     metrics = evaluate_segmenter(model)
     save_folder(out, model.save_pretrained, {
-        "command": "python -m pxpo_lite.pretrain segmenter " + " ".join(sys.argv[2:]),
+        "command": "python -m pxpo_lite.pretrain segmenter " + _ARGS["text"],
         "data_seed": data_seed, "steps": steps, "batch": batch, "lr": lr, "warmup": warmup,
         "wall_time_s": round(wall, 1), "final_loss": round(loss.item(), 5),
         "heldout": metrics, "versions": library_versions(),
@@ -272,10 +276,14 @@ def flow_velocity_objective(scheduler):
 
 def train_text_to_image(pipe, objective, name: str, out: Path, steps: int, batch: int = 32, lr: float = 1e-3,
                         warmup: int = 200, ema_decay: float = 0.999, cond_drop: float = 0.1, data_seed: int = 0,
-                        save_every: int = 1000):
+                        save_every: int = 1000, first_step: int = 0, before: dict | None = None):
     """Train ``pipe``'s UNet and text encoder on MSE(unet(x_t, t), target) with ``objective`` on fresh
     world batches (``cond_drop`` of the prompts replaced by ""), cosine lr with warm-up, EMA; save
-    the EMA weights to ``out`` every ``save_every`` steps with ``TRAINING.json`` (command ``name``)."""
+    the EMA weights to ``out`` every ``save_every`` steps with ``TRAINING.json`` (command ``name``).
+
+    ``first_step`` > 0 continues a finished run (``pipe`` holds its weights): batches are drawn from
+    world seeds ``data_seed * 10_000_000 + first_step + step``, after the ones that run used, and
+    ``before`` (that run's TRAINING.json) is kept in the new one as ``"continued_from"``."""
     _check_steps(steps, warmup)
     check_out(out)  # a refused folder fails now, not after the training
     unet, te = pipe.unet, pipe.text_encoder
@@ -285,12 +293,12 @@ def train_text_to_image(pipe, objective, name: str, out: Path, steps: int, batch
     ema = EMAModel(params, decay=ema_decay)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     schedule = get_cosine_schedule_with_warmup(opt, num_warmup_steps=warmup, num_training_steps=steps)
-    gen = torch.Generator().manual_seed(data_seed)
+    gen = torch.Generator().manual_seed(data_seed * 1_000_003 + first_step)
     t0, cpu0 = time.time(), time.process_time()
     losses = []
     bar = tqdm(range(steps), desc=name, mininterval=10)
     for step in bar:
-        p = world.render(batch, seed=data_seed * 10_000_000 + step)
+        p = world.render(batch, seed=data_seed * 10_000_000 + first_step + step)
         prompts = [("" if torch.rand((), generator=gen) < cond_drop else pr) for pr in p.prompts]
         xt, t, target = objective(p.images * 2 - 1, gen)
         prompt_embeds, _ = pipe.encode_prompt(prompts, device="cpu")
@@ -307,12 +315,13 @@ def train_text_to_image(pipe, objective, name: str, out: Path, steps: int, batch
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if (step + 1) % save_every == 0 or step + 1 == steps:
             save_ema_pipeline(pipe, params, ema, out, {
-                "command": f"python -m pxpo_lite.pretrain {name} " + " ".join(sys.argv[2:]),
+                "command": f"python -m pxpo_lite.pretrain {name} " + _ARGS["text"],
                 "data_seed": data_seed, "steps_done": step + 1, "steps": steps, "batch": batch, "lr": lr,
                 "warmup": warmup, "ema_decay": ema_decay, "cond_drop": cond_drop,
                 "wall_time_s": round(time.time() - t0, 1), "cpu_time_s": round(time.process_time() - cpu0, 1),
                 "loss_last_200": round(sum(losses[-200:]) / len(losses[-200:]), 5),
                 "versions": library_versions(),
+                **({"first_step": first_step, "continued_from": before} if first_step else {}),
             })
     print(f"{name}: {time.time() - t0:.0f} s for {steps} steps")
     return pipe
@@ -327,13 +336,31 @@ def train_diffusion(out: Path, steps: int = 6000, data_seed: int = 0, **kw):
                                data_seed=data_seed, **kw)
 
 
-def train_flow(out: Path, steps: int = FLOW_STEPS, data_seed: int = 0, **kw):
-    """Train the tiny flow-matching pipeline (velocity MSE); keywords of :func:`train_text_to_image`."""
+def train_flow(out: Path, steps: int = FLOW_STEPS, data_seed: int = 0, init_from: Path | None = None, **kw):
+    """Train the tiny flow-matching pipeline (velocity MSE); keywords of :func:`train_text_to_image`.
+
+    ``init_from``: continue a finished ``pretrain flow`` run saved in that folder (its EMA weights
+    start the new run, fresh optimiser and lr schedule, data after the batches it saw)."""
     _check_steps(steps, kw.get("warmup", 200))
     check_out(out)
-    pipe = build_tiny_flow_pipeline(seed=data_seed)
+    if init_from is None:
+        pipe = build_tiny_flow_pipeline(seed=data_seed)
+        return train_text_to_image(pipe, flow_velocity_objective(pipe.scheduler), "flow", out, steps,
+                                   data_seed=data_seed, **kw)
+    init_from = Path(init_from)
+    try:
+        before = json.loads((init_from / "TRAINING.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--init-from {str(init_from)!r} holds no readable TRAINING.json of a `pretrain flow` run "
+                         f"({e}); pass the folder that run wrote, e.g. {str(TINY_FLOW_DIR)!r}") from None
+    if before.get("data_seed", 0) != data_seed or "steps_done" not in before:
+        raise ValueError(f"--init-from {str(init_from)!r}: its TRAINING.json has data_seed "
+                         f"{before.get('data_seed')!r} and steps_done {before.get('steps_done')!r}; "
+                         f"continuing needs a finished run with data_seed {data_seed}")
+    first = int(before.get("first_step", 0)) + int(before["steps_done"])
+    pipe = load_tiny_flow_pipeline(path=init_from)
     return train_text_to_image(pipe, flow_velocity_objective(pipe.scheduler), "flow", out, steps,
-                               data_seed=data_seed, **kw)
+                               data_seed=data_seed, first_step=first, before=before, **kw)
 
 
 def save_ema_pipeline(pipe, params, ema: EMAModel, out: Path, info: dict) -> None:
@@ -354,7 +381,14 @@ def main(argv=None):
                     help=f"training steps (default: 1500 segmenter, 6000 diffusion, {FLOW_STEPS} flow)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: the shipped assets folder)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="flow only: continue the run saved in this folder (fresh lr schedule, later data)")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3; 3e-3 segmenter)")
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 200; 100 segmenter)")
     args = ap.parse_args(argv)
+    _ARGS["text"] = " ".join(sys.argv[2:] if argv is None else list(argv)[1:])
+    if args.init_from is not None and args.what != "flow":
+        ap.error("--init-from continues a `flow` run only")
     if args.threads:
         torch.set_num_threads(args.threads)
     for what, train, folder in (("segmenter", train_segmenter, models.SEGMENTER_DIR),
@@ -362,6 +396,9 @@ def main(argv=None):
                                 ("flow", train_flow, TINY_FLOW_DIR)):
         if args.what in (what, "all"):
             kw = {"steps": args.steps} if args.steps and args.what == what else {}
+            kw.update({k: v for k, v in (("lr", args.lr), ("warmup", args.warmup)) if v is not None and args.what == what})
+            if what == "flow" and args.init_from is not None:
+                kw["init_from"] = args.init_from
             train(args.out if args.out and args.what == what else folder, **kw)
 
 

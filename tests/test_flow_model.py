@@ -132,6 +132,22 @@ def test_pretrain_flow_writes_a_loadable_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flow"], "no staging folder left behind"
 
 
+def test_pretrain_flow_continues_a_finished_run(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    pretrain.main(["flow", "--steps", "2", "--out", str(first)])
+    pretrain.main(["flow", "--steps", "2", "--lr", "5e-4", "--warmup", "1", "--init-from", str(first), "--out", str(second)])
+    info = json.loads((second / "TRAINING.json").read_text())
+    before = json.loads((first / "TRAINING.json").read_text())
+    assert info["first_step"] == 2 and info["continued_from"] == before and info["lr"] == 5e-4 and info["warmup"] == 1
+    assert "--init-from" in info["command"]
+    a, b = (pxpo_lite.load_tiny_flow_pipeline(path=f).unet.state_dict() for f in (first, second))
+    assert any(not torch.equal(a[k], b[k]) for k in a), "the continued run trained"
+    with pytest.raises(ValueError, match="holds no readable TRAINING.json"):
+        pretrain.train_flow(tmp_path / "third", steps=1, init_from=tmp_path / "missing")
+    with pytest.raises(SystemExit):
+        pretrain.main(["segmenter", "--init-from", str(first)])
+
+
 # -- the shipped weights ---------------------------------------------------------------------
 def test_shipped_flow_model_loads_and_is_small():
     folder = flow_models.TINY_FLOW_DIR
