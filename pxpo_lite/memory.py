@@ -26,7 +26,7 @@ import types
 
 import torch
 
-__all__ = ["MEMORY_FRACTION", "available_bytes", "activation_bytes_per_row", "rows_that_fit"]
+__all__ = ["MEMORY_FRACTION", "available_bytes", "activation_bytes_per_row", "rows_that_fit", "sampling_batch_size"]
 
 #: share of the free memory the automatic batch sizes may fill with activations (an estimate)
 MEMORY_FRACTION = 0.5
@@ -102,3 +102,22 @@ def rows_that_fit(pipe, sample_shape, cond: torch.Tensor, fraction: float = MEMO
     if free is None:
         return None
     return max(1, int(fraction * free) // activation_bytes_per_row(pipe, sample_shape, cond))
+
+
+def sampling_batch_size(pipe, n: int, prompts, guidance_scale=None) -> int:
+    """Trajectories per sampling call for ``n`` samples (the trainer's ``sample_batch_size=None``): all ``n`` in one
+    call when their rows fit (:func:`rows_that_fit`; rows per sample = 2 with guidance, the CFG batch
+    [uncond; cond] being one forward, else 1), otherwise as few equal calls as fit. When the probe cannot run on
+    a model or the free memory is unknown, the whole ``n`` is one call. Chunking does not change the
+    distribution: every sample's x_T and step noise are fresh N(0, I) draws in either layout (other draws)."""
+    from .guidance import resolve_guidance_scale, uses_guidance
+    from .sampling import _encode, _sample_shape
+
+    try:
+        rows = 2 if uses_guidance(resolve_guidance_scale(pipe, guidance_scale)) else 1
+        fit = rows_that_fit(pipe, _sample_shape(pipe, 1)[1:], _encode(pipe, list(prompts[:1]), 1.0)[0])
+    except (TypeError, AttributeError, RuntimeError, ValueError):
+        fit = None
+    cap = n if fit is None else max(1, min(n, fit // rows))
+    calls = -(-n // cap)
+    return -(-n // calls)

@@ -55,6 +55,7 @@ from .checkpoint import check_save_target
 from .config_checks import NOT_GIVEN, renamed_keyword
 from .pixelwise import to_sample_grid
 from .regions import MultiChannelReward
+from .memory import sampling_batch_size
 from .sampling import Trajectory, sample
 from .speed import apply_speedups
 from .steps import trainable_steps
@@ -157,7 +158,6 @@ class Trainer:
         self.epoch = 0
         self.global_step = 0
         self.metrics: list[dict] = []
-        self.last_reward_s = 0.0  # seconds of the last reward call (phase times)
 
     # -- helpers -------------------------------------------------------------------------------
     @property
@@ -174,8 +174,7 @@ class Trainer:
         return [self.prompts[i] for i in idx]
 
     def _rewards(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """The reward function's output, checked (:func:`rewards.check_reward`): (B,) or (B,H,W), finite.
-        Its seconds are kept in ``self.last_reward_s`` (the epoch's phase times)."""
+        """The reward function's output, checked (:func:`rewards.check_reward`): (B,) or (B,H,W), finite; its seconds: ``last_reward_s``."""
         t0 = time.perf_counter()
         r = self.reward_fn(images, prompts)
         self.last_reward_s = time.perf_counter() - t0
@@ -190,39 +189,14 @@ class Trainer:
         return r.detach().float()
 
     def sampling_batch_size(self, n: int, prompts: Sequence[str]) -> int:
-        """Trajectories per sampling call for ``n`` samples: ``TrainConfig.sample_batch_size`` when set
-        (a cap), else the whole ``n`` in one call when it fits in memory, or as few equal calls as fit.
-
-        The automatic rule (:mod:`pxpo_lite.memory`): rows per sample = 2 with guidance (the CFG
-        batch [uncond; cond] is one forward), 1 without; the activation bytes of one row are measured
-        on this UNet, the free memory read from its device; the share of it used is an estimate
-        (unmeasured on a GPU). When the probe cannot run on a model, the whole ``n`` is one call.
-        Chunking does not change the distribution: every sample's x_T and step noise are fresh
-        N(0, I) draws in either layout (other draws, the same law).
-        """
+        """Trajectories per sampling call: ``TrainConfig.sample_batch_size`` (a cap), or if None :func:`pxpo_lite.memory.sampling_batch_size`."""
         c = self.config
-        if c.sample_batch_size is not None:
-            return c.sample_batch_size
-        from .guidance import resolve_guidance_scale, uses_guidance
-        from .sampling import _encode, _sample_shape
-
-        try:
-            rows = 2 if uses_guidance(resolve_guidance_scale(self.pipe, c.guidance_scale)) else 1
-            cond = _encode(self.pipe, list(prompts[:1]), 1.0)[0]
-            from .memory import rows_that_fit
-
-            fit = rows_that_fit(self.pipe, _sample_shape(self.pipe, 1)[1:], cond)
-        except (TypeError, AttributeError, RuntimeError, ValueError):
-            fit = None
-        cap = n if fit is None else max(1, min(n, fit // rows))
-        calls = -(-n // cap)
-        return -(-n // calls)
+        return c.sample_batch_size if c.sample_batch_size is not None else sampling_batch_size(self.pipe, n, prompts, c.guidance_scale)
 
     def sample_and_score(self, prompts: Sequence[str] | None = None, n: int | None = None, generator=None):
         """Sample trajectories (``prompts``, or ``n`` drawn from the training prompts) and reward them.
 
         Returns ``(trajectory, rewards)``, rewards (B,) or (B,H,W) as the reward function gives.
-        Each sampling call carries :meth:`sampling_batch_size` trajectories.
         """
         c = self.config
         generator = generator if generator is not None else torch.Generator().manual_seed(c.seed)
@@ -317,8 +291,7 @@ class Trainer:
         """One epoch, steps 1–5 of the module docstring; the metrics record is appended and returned."""
         c, acc = self.config, self.accelerator
         t0 = time.perf_counter()
-        # 1. sample trajectories with the current policy (as few sampling calls as memory allows);
-        # 2. reward the final images: (B,) or (B,H,W)
+        # 1. sample trajectories with the current policy (as few calls as memory allows); 2. reward them: (B,) or (B,H,W)
         self.last_reward_s = 0.0
         traj, rewards = self.sample_and_score(n=self.local_samples, generator=_gen(c.seed, self.epoch, acc.process_index, "sample"))
         t2 = time.perf_counter()
