@@ -25,7 +25,7 @@ table. One process by default (one thread)::
 
 Variant specs: ``default`` or space-separated ``key=value`` with keys ``beta`` (keep_beta),
 ``lr``, ``ramp`` (keep_ramp in pixels, ``none`` for the hard edge), ``dislike``
-(dislike_scale), ``updates`` (updates_per_round); unspecified keys are RefineConfig's defaults.
+(dislike_scale), ``area`` (dislike_area, ``none`` for off), ``updates`` (updates_per_round); unspecified keys are RefineConfig's defaults.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 RULES = ("dislike large_blob", "dislike hair, like background")
 OUT = ROOT / "benchmarks" / "results" / "localised_feedback"
 KEYS = {"beta": "keep_beta", "lr": "learning_rate", "ramp": "keep_ramp", "dislike": "dislike_scale", "updates": "updates_per_round",
-        "composite": "composite"}
+        "composite": "composite", "area": "dislike_area"}
 TRANSFER_SEED = 1000  # the new-seed transfer samples seed + 1000
 
 

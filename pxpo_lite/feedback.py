@@ -7,7 +7,9 @@ matches their intent. Each **round** here is
 1. the person paints a signed map h (H,W) in [−1, 1] on the current image
    (:class:`pxpo_lite.canvas.HeatmapCanvas`, or :func:`pxpo_lite.synthetic_feedback.synthetic_heatmap` headless);
 2. the map becomes per-pixel advantages, A[i,j] = advantage_scale · h[i,j], × dislike_scale
-   where h < 0 (area-averaged onto the sample grid for latent models). One image has no baseline to subtract (a batch mean of
+   where h < 0, and × dislike_area ÷ (disliked area) more (≤ 10) when the disliked strokes cover
+   less than ``dislike_area`` of the image, so a small stroke pulls as hard as a large one
+   (:func:`pxpo_lite.painted.area_gain`) (area-averaged onto the sample grid for latent models). One image has no baseline to subtract (a batch mean of
    one map is the map itself), and none is needed: 0 already means "fine as it is", so an
    unpainted pixel gets no push at all — the Kronecker credit of PXPO;
 3. PXPO updates LoRA adapters on that image's stored trajectory (docs/paper.md):
@@ -47,7 +49,7 @@ from .composite import base_trajectory, regenerate_mask, sample_composite
 from .config_checks import NOT_GIVEN, as_int, renamed_keyword
 from .keep import Keep, keep_weights_from_heatmap
 from .painted import change_stats, heatmap_to_advantages, warn_if_whole_image  # noqa: F401 (re-exported: notebooks import them from here)
-from .refine_config import DISLIKE_SCALE, KEEP_BETA, KEEP_RAMP, RefineConfig  # noqa: F401 (re-exported: its home is refine_config.py)
+from .refine_config import DISLIKE_AREA, DISLIKE_SCALE, KEEP_BETA, KEEP_RAMP, RefineConfig  # noqa: F401 (re-exported: its home is refine_config.py)
 from .sampling import sample
 from .session_store import SessionError, SessionStore
 from .steps import trainable_steps
@@ -245,7 +247,7 @@ class FeedbackSession:
         c = self.config
         warn_if_whole_image(heat, kept_liked=c.keep_beta > 0 and c.keep_liked)  # the round runs, but says what it means
         sample_size = tuple(self.trajectory.log_probs.shape[-2:])
-        A = heatmap_to_advantages(heat, sample_size, c.advantage_scale, c.dislike_scale)
+        A = heatmap_to_advantages(heat, sample_size, c.advantage_scale, c.dislike_scale, c.dislike_area)
         w = keep_weights_from_heatmap(heat, sample_size, keep_liked=c.keep_liked, ramp=c.keep_ramp) if c.keep_beta > 0 else None
         diagnostics = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress, keep_map=w)
         before = image.numpy()

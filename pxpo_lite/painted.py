@@ -14,15 +14,38 @@ from .config_checks import check_number
 from .pixelwise import to_sample_grid
 
 
-def heatmap_to_advantages(heatmap, sample_size: tuple[int, int], scale: float = 1.0, dislike_scale: float = 1.0) -> torch.Tensor:
+def heatmap_to_advantages(heatmap, sample_size: tuple[int, int], scale: float = 1.0, dislike_scale: float = 1.0,
+                          dislike_area: float | None = None) -> torch.Tensor:
     """Per-pixel advantages (1,h,w): A = scale · h (× ``dislike_scale`` where h < 0), area-averaged
     onto the sample grid (identity for pixel-space models). Unpainted pixels (h = 0) get A = 0: no
-    gradient at all."""
+    gradient at all.
+
+    ``dislike_area`` (a fraction of the image, or None): the loss is a mean over pixels, so a small
+    disliked stroke carries a small share of the gradient. When the disliked area (Σ|h| over h < 0,
+    ÷ the pixel count) is below ``dislike_area``, the disliked advantages are also multiplied by
+    ``dislike_area`` ÷ that area (at most :data:`MAX_AREA_GAIN`): every stroke up to that size pulls
+    as hard as one of that size. Larger strokes are unchanged."""
     check_number("dislike_scale", dislike_scale, above=0)
+    if dislike_area is not None:
+        check_number("dislike_area", dislike_area, above=0, at_most=1)
     h = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))[None]
-    if dislike_scale != 1.0:
-        h = torch.where(h < 0, dislike_scale * h, h)
+    gain = dislike_scale * area_gain(h, dislike_area)
+    if gain != 1.0:
+        h = torch.where(h < 0, gain * h, h)
     return to_sample_grid(scale * h, sample_size)
+
+
+#: the largest factor :func:`area_gain` applies (a one-pixel dot is not pushed 1000× harder)
+MAX_AREA_GAIN = 10.0
+
+
+def area_gain(heatmap, dislike_area: float | None) -> float:
+    """max(1, ``dislike_area`` ÷ disliked area) capped at :data:`MAX_AREA_GAIN`; 1 when None or nothing is disliked."""
+    h = torch.as_tensor(np.asarray(heatmap, dtype=np.float32)) if not torch.is_tensor(heatmap) else heatmap
+    area = float((-h).clamp(min=0).sum()) / max(h.numel(), 1)
+    if dislike_area is None or area <= 0:
+        return 1.0
+    return float(min(MAX_AREA_GAIN, max(1.0, dislike_area / area)))
 
 
 def change_stats(before, after, heatmap) -> dict:

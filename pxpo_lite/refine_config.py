@@ -3,7 +3,7 @@
 :class:`RefineConfig` lists one field per line with its default and meaning, each number checked
 and stored as a Python int/float when it is made (a bool or a str is refused, naming the field);
 :meth:`RefineConfig.from_dict` reads the config of a saved session, older ones included.
-:data:`KEEP_BETA`, :data:`KEEP_RAMP` and :data:`DISLIKE_SCALE` are the measured defaults.
+:data:`KEEP_BETA`, :data:`KEEP_RAMP`, :data:`DISLIKE_SCALE` and :data:`DISLIKE_AREA` are the measured defaults.
 :mod:`pxpo_lite.feedback` (the session) re-exports all four; :mod:`pxpo_lite.train_config` is
 the trainer's counterpart.
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .config_checks import check_bool, check_number, check_positive_int
 from .keep_ramp import check_ramp
 
-__all__ = ["DISLIKE_SCALE", "KEEP_BETA", "KEEP_RAMP", "RefineConfig"]
+__all__ = ["DISLIKE_AREA", "DISLIKE_SCALE", "KEEP_BETA", "KEEP_RAMP", "RefineConfig"]
 
 #: RefineConfig's default β of the keep term, chosen by benchmarks/bench_localised_feedback.py (the credit
 #: benchmark's global β is another: experiments.CREDIT_KEEP_BETA)
@@ -24,6 +24,9 @@ KEEP_BETA = 10.0
 #: RefineConfig's default keep ramp (pixels) and disliked-advantage scale, chosen by the same benchmark
 KEEP_RAMP: float | None = 4.0
 DISLIKE_SCALE = 3.0
+#: RefineConfig's default dislike_area: strokes under 30 % of the image are pulled as hard as one of 30 %
+#: (chosen on the selection seeds 20-21 over 0.15 and off; benchmarks/results/localised_feedback_area_select.json)
+DISLIKE_AREA: float | None = 0.3
 
 
 @dataclass
@@ -44,6 +47,7 @@ class RefineConfig:
     keep_liked: bool = True        # True: liked pixels are kept too (w = 1 there); False: only unpainted pixels are kept
     keep_ramp: float | None = KEEP_RAMP  # pixels: keep weight 0 in a disliked stroke, rising to 1 this far outside it (keep_ramp.py); None: a hard edge
     dislike_scale: float = DISLIKE_SCALE  # disliked pixels' advantages × this (liked ones × 1)
+    dislike_area: float | None = DISLIKE_AREA  # a fraction: strokes smaller than this get disliked advantages × (this ÷ their area), ≤ 10 (painted.area_gain); None: off
     composite: bool = True         # True: redraw only the strokes disliked so far (+ ramp), every other pixel stays the first image's (composite.py)
     timestep_batch: int | None = None  # timesteps scored per UNet forward (same result to float rounding); None: update.resolve_timestep_batch
 
@@ -64,6 +68,7 @@ class RefineConfig:
             setattr(self, name, check_number(f"RefineConfig.{name}", getattr(self, name), **bounds))
         check_bool("RefineConfig.keep_liked", self.keep_liked)
         check_bool("RefineConfig.composite", self.composite)
+        self.dislike_area = check_number("RefineConfig.dislike_area", self.dislike_area, above=0, at_most=1, optional=True)
         self.keep_ramp = check_ramp(self.keep_ramp, "RefineConfig.keep_ramp")
         self.timestep_batch = check_positive_int("RefineConfig.timestep_batch", self.timestep_batch, optional=True)
 
@@ -76,6 +81,7 @@ class RefineConfig:
         d.setdefault("keep_ramp", None)  # sessions saved before the ramp continue as they were made
         d.setdefault("dislike_scale", 1.0)
         d.setdefault("composite", False)
+        d.setdefault("dislike_area", None)
         for old, new in cls.LEGACY.items():
             if old in d:
                 value = d.pop(old)

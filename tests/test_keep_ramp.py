@@ -107,6 +107,31 @@ def test_dislike_scale_multiplies_only_disliked_advantages():
         RefineConfig(dislike_scale=-1)
 
 
+def test_dislike_area_scales_small_disliked_strokes_only():
+    from pxpo_lite.painted import MAX_AREA_GAIN, area_gain
+
+    h = np.zeros((10, 10), np.float32)
+    h[0, :5] = -1.0   # 5 % of the image disliked
+    h[9, 9] = 1.0     # a liked pixel is never scaled
+    A = heatmap_to_advantages(h, (10, 10), dislike_scale=3.0, dislike_area=0.2)[0]
+    assert torch.allclose(A[0, :5], torch.full((5,), -3.0 * 4.0)) and A[9, 9] == 1.0 and A[5, 5] == 0
+    # a stroke as large as dislike_area (or larger) is unchanged; None switches it off
+    big = np.zeros((10, 10), np.float32)
+    big[:3] = -1.0
+    assert area_gain(big, 0.2) == 1.0 and area_gain(h, None) == 1.0
+    assert torch.equal(heatmap_to_advantages(big, (10, 10), dislike_area=0.2), heatmap_to_advantages(big, (10, 10)))
+    # soft values count by their weight; a single faint dot is capped
+    dot = np.zeros((10, 10), np.float32)
+    dot[4, 4] = -0.1
+    assert area_gain(dot, 0.5) == MAX_AREA_GAIN
+    assert area_gain(np.where(h < 0, -0.5, 0.0), 0.2) == pytest.approx(8.0)
+    assert area_gain(np.zeros((10, 10)), 0.2) == 1.0  # nothing disliked
+    with pytest.raises(ValueError, match="RefineConfig.dislike_area must be None or a finite number > 0 and <= 1, got 0"):
+        RefineConfig(dislike_area=0)
+    with pytest.raises(ValueError, match="dislike_area must be a finite number"):
+        heatmap_to_advantages(h, (10, 10), dislike_area=1.5)
+
+
 def test_sessions_saved_before_the_ramp_continue_without_it():
     old = RefineConfig.from_dict({"num_steps": 4, "keep_beta": 10.0})
     assert old.keep_ramp is None and old.dislike_scale == 1.0
@@ -189,7 +214,10 @@ def test_session_ramp_reaches_the_update_and_a_whole_image_stroke_runs(pipe, mon
     s.step(h, source="synthetic")
     keep, A = seen[-1]
     np.testing.assert_allclose(keep.weights[0].numpy(), keep_weights_from_heatmap(h, (32, 32), ramp=4.0)[0].numpy())
-    assert A[0, 11, 11] == -2.0 and A[0, 0, 0] == 0
+    # a 16-pixel stroke is 1.6 % of the image: the default dislike_area (0.3) scales it by the cap, ×10
+    from pxpo_lite.painted import MAX_AREA_GAIN
+
+    assert RefineConfig().dislike_area == 0.3 and A[0, 11, 11] == -2.0 * MAX_AREA_GAIN and A[0, 0, 0] == 0
     with pytest.warns(UserWarning, match="paints every pixel"):  # defined: nothing kept, nothing unpainted (and it says so)
         whole = s.step(-np.ones((32, 32), np.float32), source="synthetic")
     assert (seen[-1][0].weights == 0).all()
