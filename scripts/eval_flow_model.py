@@ -11,6 +11,7 @@ README's protocol). The shipped segmenter judges every image (:func:`pxpo_lite.f
 the report lists the images that miss (prompt and hair pixels seen, at most 40 per row).
 
 Writes one JSON report; an existing file at ``--out`` is replaced only if this script wrote it.
+``--add-to REPORT`` keeps an earlier report's rows and adds this run's (same prompts, noise and weights).
 """
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ def main(argv=None):
     ap.add_argument("--flow", type=Path, default=TINY_FLOW_DIR, help="flow pipeline folder (default: shipped)")
     ap.add_argument("--out", type=Path, required=True, help="the JSON report, e.g. docs/flow_model_eval.json")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--add-to", type=Path, default=None,
+                    help="an earlier report of this script with the same --n, --seed and weights: its results are kept "
+                         "and this run's rows are added (the commands are listed under 'commands')")
     args = ap.parse_args(argv)
     if args.out.exists():
         try:
@@ -75,6 +79,16 @@ def main(argv=None):
               "samplers": {s: SAMPLERS[s] for s in args.samplers},
               "training": {"flow": training_record(args.flow), "ddim": training_record(models.TINY_PIPELINE_DIR)},
               "results": {}, "sample_s": {}}
+    if args.add_to is not None:
+        earlier = json.loads(args.add_to.read_text())
+        same = {k: (earlier.get(k), report[k]) for k in ("n", "prompts", "noise_seed", "training")}
+        differ = [k for k, (a, b) in same.items() if a != b]
+        if not str(earlier.get("command", "")).startswith(COMMAND) or differ:
+            raise ValueError(f"--add-to {str(args.add_to)!r} is not a report of {COMMAND} with this run's protocol "
+                             f"(differs in {differ or ['command']}); run without --add-to for a new report")
+        commands = earlier.get("commands", [earlier["command"]]) + [report["command"]]
+        report = {**earlier, "commands": commands, "samplers": {**earlier["samplers"], **report["samplers"]}}
+        report.setdefault("sample_s", {})
     for s in args.samplers:
         for steps in args.steps:
             for g in args.guidance:
