@@ -17,7 +17,15 @@ def test_shipped_localised_feedback_result_measured_the_current_defaults():
     defaults = [s for s in b["summary"] if s["variant"] == "default"]
     assert defaults, "no row measured with RefineConfig's defaults (variant 'default')"
     ours = asdict(RefineConfig())
-    for s in defaults:
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_lf", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_localised_feedback.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for s in defaults:  # every knob the benchmark can vary was recorded (a new RefineConfig knob cannot pass unrecorded)
+        assert set(bench.KEYS.values()) <= set(s["config"]), (s["rule"], set(bench.KEYS.values()) - set(s["config"]))
         for key, value in s["config"].items():
             if key != "num_steps":  # the benchmark's DDIM steps are a setting of its own (recorded in config)
                 assert ours[key] == value, (s["rule"], key, value, ours[key])
