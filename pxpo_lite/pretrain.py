@@ -85,8 +85,6 @@ FLOW_STEPS = 2200
 on the shared 2-core machine with ``--threads 1`` (25 min of CPU time; 2 threads on the loaded
 machine ran 7× slower per step), inside the issue's hour."""
 
-
-
 #: the options of the running command after ``what`` (TRAINING.json's "command"); :func:`main` sets them
 _ARGS = {"text": " ".join(sys.argv[2:])}
 
@@ -343,22 +341,17 @@ def train_flow(out: Path, steps: int = FLOW_STEPS, data_seed: int = 0, init_from
     start the new run, fresh optimiser and lr schedule, data after the batches it saw)."""
     _check_steps(steps, kw.get("warmup", 200))
     check_out(out)
-    if init_from is None:
-        pipe = build_tiny_flow_pipeline(seed=data_seed)
-        return train_text_to_image(pipe, flow_velocity_objective(pipe.scheduler), "flow", out, steps,
-                                   data_seed=data_seed, **kw)
-    init_from = Path(init_from)
-    try:
-        before = json.loads((init_from / "TRAINING.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--init-from {str(init_from)!r} holds no readable TRAINING.json of a `pretrain flow` run "
-                         f"({e}); pass the folder that run wrote, e.g. {str(TINY_FLOW_DIR)!r}") from None
-    if before.get("data_seed", 0) != data_seed or "steps_done" not in before:
-        raise ValueError(f"--init-from {str(init_from)!r}: its TRAINING.json has data_seed "
-                         f"{before.get('data_seed')!r} and steps_done {before.get('steps_done')!r}; "
-                         f"continuing needs a finished run with data_seed {data_seed}")
-    first = int(before.get("first_step", 0)) + int(before["steps_done"])
-    pipe = load_tiny_flow_pipeline(path=init_from)
+    first, before = 0, None
+    if init_from is not None:
+        try:
+            before = json.loads((Path(init_from) / "TRAINING.json").read_text())
+        except (OSError, ValueError):
+            before = None
+        if not isinstance(before, dict) or before.get("data_seed", 0) != data_seed or "steps_done" not in before:
+            raise ValueError(f"--init-from {str(init_from)!r} holds no readable TRAINING.json of a finished `pretrain "
+                             f"flow` run with data_seed {data_seed}; pass the folder that run wrote, e.g. {str(TINY_FLOW_DIR)!r}")
+        first = int(before.get("first_step", 0)) + int(before["steps_done"])
+    pipe = build_tiny_flow_pipeline(seed=data_seed) if init_from is None else load_tiny_flow_pipeline(path=init_from)
     return train_text_to_image(pipe, flow_velocity_objective(pipe.scheduler), "flow", out, steps,
                                data_seed=data_seed, first_step=first, before=before, **kw)
 
