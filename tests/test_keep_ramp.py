@@ -134,7 +134,7 @@ def test_dislike_area_scales_small_disliked_strokes_only():
 
 def test_sessions_saved_before_the_ramp_continue_without_it():
     old = RefineConfig.from_dict({"num_steps": 4, "keep_beta": 10.0})
-    assert old.keep_ramp is None and old.dislike_scale == 1.0
+    assert old.keep_ramp is None and old.dislike_scale == 1.0 and old.dislike_area is None  # saved before area scaling
     assert RefineConfig.from_dict({"num_steps": 4, "keep_ramp": 3.0}).keep_ramp == 3.0
 
 
