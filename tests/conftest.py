@@ -21,13 +21,30 @@ NOTEBOOKS = ROOT / "notebooks"
 ARTIFACTS = ROOT / "test-artifacts"
 KERNEL = os.environ.get("PXPO_KERNEL", "pxpo-lite")
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# `make test` runs two pytest-xdist workers on two cores: one thread each (kernels and subprocesses
+# they start inherit OMP_NUM_THREADS); a plain `pytest` uses up to two threads.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1 if WORKER else min(2, os.cpu_count() or 1))
 
 
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TQDM_MININTERVAL", "5")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for `pytest -n 2 --dist loadgroup` (make test): every test that reads the per-process
+    cache of executed notebooks runs on one worker, so each notebook is executed once; the wheel,
+    install and Colab-versions venv tests (one wheel build per module, one cached venv) on one
+    worker too. Everything else is spread over both. Without pytest-xdist the marks do nothing."""
+    for item in items:
+        if "executed_notebook" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("notebooks"))
+        elif item.path.name == "test_install.py" or item.name == "test_paint_with_ipywidgets7_classic_notebook":
+            item.add_marker(pytest.mark.xdist_group("venvs"))
 
 
 _CACHE: dict = {}
