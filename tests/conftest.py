@@ -1,6 +1,7 @@
 """Shared test fixtures.
 
-``executed_notebook("00_tour.ipynb")`` runs a notebook once per test session with papermill in
+``executed_notebook("00_tour.ipynb")`` runs a notebook once per test session (shared by the
+pytest-xdist workers of ``make test``) with papermill in
 smoke mode (SMOKE=True) on the project's kernel and returns ``(path, results)``: the executed
 copy (kept under ``test-artifacts/notebooks/`` so its figures can be looked at) and the values
 it recorded with ``pxpo_lite.results.record``. Wall times go to ``test-artifacts/notebooks/timings.json``
@@ -35,18 +36,6 @@ def pytest_configure(config):
     os.environ.setdefault("TQDM_MININTERVAL", "5")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Groups for `pytest -n 2 --dist loadgroup` (make test): every test that reads the per-process
-    cache of executed notebooks runs on one worker, so each notebook is executed once; the wheel,
-    install and Colab-versions venv tests (one wheel build per module, one cached venv) on one
-    worker too. Everything else is spread over both. Without pytest-xdist the marks do nothing."""
-    for item in items:
-        if "executed_notebook" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("notebooks"))
-        elif item.path.name == "test_install.py" or item.name == "test_paint_with_ipywidgets7_classic_notebook":
-            item.add_marker(pytest.mark.xdist_group("venvs"))
-
-
 _CACHE: dict = {}
 
 
@@ -62,7 +51,17 @@ def _kernel_name() -> str:
 
 
 def run_notebook(name: str, parameters: dict | None = None, timeout: int = 600):
-    """Execute notebooks/<name> with papermill; returns (executed path, recorded results, seconds)."""
+    """Execute notebooks/<name> with papermill; returns (executed path, recorded results, seconds).
+
+    Once per test session and parameter set: cached in this process, and under pytest-xdist (make
+    test runs two workers) shared between the workers through test-artifacts/notebooks/: a lock per
+    notebook (one kernel runs it at a time, so its saved session folder is not written twice at
+    once) and a ``.done`` file naming this test run, so the second worker reads the executed copy
+    instead of running the notebook again."""
+    import fcntl
+    import hashlib
+    import json
+
     import papermill
     from pxpo_lite.results import read_results
 
@@ -75,26 +74,36 @@ def run_notebook(name: str, parameters: dict | None = None, timeout: int = 600):
         return _CACHE[key]
     out_dir = ARTIFACTS / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / name
-    t = time.perf_counter()
-    papermill.execute_notebook(
-        str(NOTEBOOKS / name),
-        str(out),
-        parameters=params,
-        kernel_name=_kernel_name(),
-        cwd=str(NOTEBOOKS),
-        progress_bar=False,
-        execution_timeout=timeout,
-    )
-    seconds = time.perf_counter() - t
-    timings = out_dir / "timings.json"
-    import json
-
-    data = json.loads(timings.read_text()) if timings.exists() else {}
-    mode = "smoke" if params.get("SMOKE") else "full"
-    data.pop(name, None)  # the old key (notebook name only) mixed smoke and full runs
-    data[f"{name}|{mode}"] = round(seconds, 1)
-    timings.write_text(json.dumps(data, indent=2))
+    tag = hashlib.sha1(repr(key[1]).encode()).hexdigest()[:8]
+    smoke_only = set(params) - {"SESSION_DIR"} == {"SMOKE"} and params["SMOKE"] is True
+    out = out_dir / (name if smoke_only else f"{Path(name).stem}-{tag}.ipynb")  # other parameters: another copy
+    done = out_dir / f".{out.stem}.done"
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    with open(out_dir / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if run_id and done.exists() and json.loads(done.read_text()).get("run") == run_id:  # the other worker ran it
+            _CACHE[key] = (out, read_results(out), json.loads(done.read_text())["seconds"])
+            return _CACHE[key]
+        t = time.perf_counter()
+        papermill.execute_notebook(
+            str(NOTEBOOKS / name),
+            str(out),
+            parameters=params,
+            kernel_name=_kernel_name(),
+            cwd=str(NOTEBOOKS),
+            progress_bar=False,
+            execution_timeout=timeout,
+        )
+        seconds = time.perf_counter() - t
+        done.write_text(json.dumps({"run": run_id, "seconds": seconds}))
+    with open(out_dir / ".timings.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        timings = out_dir / "timings.json"
+        data = json.loads(timings.read_text()) if timings.exists() else {}
+        mode = "smoke" if params.get("SMOKE") else "full"
+        data.pop(name, None)  # the old key (notebook name only) mixed smoke and full runs
+        data[f"{name}|{mode}"] = round(seconds, 1)
+        timings.write_text(json.dumps(data, indent=2))
     _CACHE[key] = (out, read_results(out), seconds)
     return _CACHE[key]
 
