@@ -26,7 +26,7 @@ import types
 
 import torch
 
-__all__ = ["MEMORY_FRACTION", "available_bytes", "activation_bytes_per_row", "rows_that_fit", "sampling_batch_size"]
+__all__ = ["MEMORY_FRACTION", "PROBE_ERRORS", "available_bytes", "activation_bytes_per_row", "rows_that_fit", "sampling_batch_size"]
 
 #: share of the free memory the automatic batch sizes may fill with activations (an estimate)
 MEMORY_FRACTION = 0.5
@@ -96,12 +96,22 @@ def activation_bytes_per_row(pipe, sample_shape, cond: torch.Tensor) -> int:
     return cache[key]
 
 
+#: what a probe forward raises on a model it cannot run on (a stand-in UNet, weights on the meta device)
+PROBE_ERRORS = (TypeError, AttributeError, RuntimeError, ValueError)
+
+
 def rows_that_fit(pipe, sample_shape, cond: torch.Tensor, fraction: float = MEMORY_FRACTION) -> int | None:
-    """How many UNet rows' activations fit in ``fraction`` of the free memory (≥ 1), or None if the free memory is unknown."""
-    free = available_bytes(next(pipe.unet.parameters()).device)
-    if free is None:
+    """How many UNet rows' activations fit in ``fraction`` of the free memory (≥ 1); None (no cap) when the
+    free memory is unknown or the probe forward cannot run on this model (:data:`PROBE_ERRORS`, a meta device)."""
+    if getattr(cond, "device", None) is not None and cond.device.type == "meta":
         return None
-    return max(1, int(fraction * free) // activation_bytes_per_row(pipe, sample_shape, cond))
+    try:
+        free = available_bytes(next(pipe.unet.parameters()).device)
+        if free is None:
+            return None
+        return max(1, int(fraction * free) // activation_bytes_per_row(pipe, sample_shape, cond))
+    except PROBE_ERRORS:
+        return None
 
 
 def sampling_batch_size(pipe, n: int, prompts, guidance_scale=None) -> int:
@@ -113,10 +123,10 @@ def sampling_batch_size(pipe, n: int, prompts, guidance_scale=None) -> int:
     from .guidance import resolve_guidance_scale, uses_guidance
     from .sampling import _encode, _sample_shape
 
-    try:
+    try:  # a stand-in pipeline may not encode prompts: no cap then, as when the probe cannot run
         rows = 2 if uses_guidance(resolve_guidance_scale(pipe, guidance_scale)) else 1
         fit = rows_that_fit(pipe, _sample_shape(pipe, 1)[1:], _encode(pipe, list(prompts[:1]), 1.0)[0])
-    except (TypeError, AttributeError, RuntimeError, ValueError):
+    except PROBE_ERRORS:
         fit = None
     cap = n if fit is None else max(1, min(n, fit // rows))
     calls = -(-n // cap)

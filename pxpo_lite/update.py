@@ -42,6 +42,7 @@ from . import keep as keep_lib
 from .config_checks import check_positive_int
 from .keep import Keep
 from .losses import NonFiniteError, ddpo_loss, imageratio_loss, pxpo_loss
+from .memory import rows_that_fit
 from .sampling import step_log_probs
 from .steps import schedule, trainable_steps  # noqa: F401 (re-exported: their home is steps.py)
 
@@ -166,22 +167,10 @@ def resolve_timestep_batch(timestep_batch: int | None, pipe, traj, micro_batch: 
         per_step = rows * math.prod(traj.latents.shape[2:])
         k = min(k, TIMESTEP_BATCH_ELEMENTS // max(1, per_step))
     if k > 1:
-        fit = _rows_that_fit(pipe, tuple(traj.latents.shape[2:]), traj.prompt_embeds)
+        fit = rows_that_fit(pipe, tuple(traj.latents.shape[2:]), traj.prompt_embeds)
         if fit is not None:
             k = min(k, fit // rows)
     return max(1, k)
-
-
-def _rows_that_fit(pipe, sample_shape, cond) -> int | None:
-    """:func:`pxpo_lite.memory.rows_that_fit`, or None when the probe cannot run on this model (no memory cap then)."""
-    from .memory import rows_that_fit
-
-    if getattr(cond, "device", None) is not None and cond.device.type == "meta":
-        return None
-    try:
-        return rows_that_fit(pipe, sample_shape, cond)
-    except (TypeError, AttributeError, RuntimeError, ValueError):
-        return None
 
 
 def group_pairs(pairs: Sequence[tuple[torch.Tensor, int]], timestep_batch: int) -> list[list[tuple[torch.Tensor, int]]]:

@@ -346,7 +346,7 @@ def test_resolve_timestep_batch_rule():
     assert memory.activation_bytes_per_row(pipe, (3, 32, 32), traj.prompt_embeds) > 3 * 32 * 32 * 4
     for free_rows, k in ((10**6, 20), (8 * 3, 3), (8 * 5 + 7, 5), (1, 1)):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(update, "_rows_that_fit", lambda *a, n=free_rows: n)
+            mp.setattr(update, "rows_that_fit", lambda *a, n=free_rows: n)
             assert update.resolve_timestep_batch(None, pipe, traj, 8 if k != 20 else 1) == k
     with pytest.raises(ValueError, match=r"timestep_batch \(.*None: automatic\) must be an int >= 1, got 0"):
         update.resolve_timestep_batch(0, pipe, traj, 8)
