@@ -25,7 +25,8 @@ table. One process by default (one thread)::
 
 Variant specs: ``default`` or space-separated ``key=value`` with keys ``beta`` (keep_beta),
 ``lr``, ``ramp`` (keep_ramp in pixels, ``none`` for the hard edge), ``dislike``
-(dislike_scale), ``area`` (dislike_area, ``none`` for off), ``updates`` (updates_per_round); unspecified keys are RefineConfig's defaults.
+(dislike_scale), ``area`` (dislike_area, ``none`` for off), ``updates`` (updates_per_round), ``target``
+(target_change, ``none`` for fixed rounds), ``max_updates`` (max_updates_per_round); unspecified keys are RefineConfig's defaults.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 RULES = ("dislike large_blob", "dislike hair, like background")
 OUT = ROOT / "benchmarks" / "results" / "localised_feedback"
 KEYS = {"beta": "keep_beta", "lr": "learning_rate", "ramp": "keep_ramp", "dislike": "dislike_scale", "updates": "updates_per_round",
-        "composite": "composite", "area": "dislike_area"}
+        "composite": "composite", "area": "dislike_area", "target": "target_change", "max_updates": "max_updates_per_round"}
 TRANSFER_SEED = 1000  # the new-seed transfer samples seed + 1000
 
 
@@ -74,7 +75,7 @@ def parse_variant(spec: str) -> dict:
         if key == "composite":
             out[KEYS[key]] = value.lower() in ("1", "true", "yes", "on")
             continue
-        out[KEYS[key]] = None if value.lower() == "none" else (int(value) if key == "updates" else float(value))
+        out[KEYS[key]] = None if value.lower() == "none" else (int(value) if key in ("updates", "max_updates") else float(value))
     return out
 
 
@@ -121,12 +122,13 @@ def run_one(job: dict) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     cfg = RefineConfig(num_steps=job["num_steps"], **job["overrides"])
     s = FeedbackSession(_W["pipe"], job["prompt"], seed=job["seed"], config=cfg)
-    first_map, rounds_to, seconds_to, elapsed, curve = None, None, None, 0.0, []
+    first_map, rounds_to, seconds_to, elapsed, curve, updates = None, None, None, 0.0, [], []
     for r in range(job["rounds"]):
         heat = synthetic_heatmap(s.image, job["rule"], seed=job["seed"], segmenter=_W["seg"])
         first_map = heat if first_map is None else first_map
         rnd = s.step(heat, source="synthetic")
         elapsed += rnd.seconds
+        updates.append(rnd.diagnostics["updates"])
         curve.append(change_stats(s.images[0], rnd.image_after, first_map)["change_disliked"])
         if rounds_to is None and curve[-1] >= job["target"]:
             rounds_to, seconds_to = r + 1, elapsed
@@ -152,7 +154,7 @@ def run_one(job: dict) -> dict:
         liked_over_unpainted=_ratio(st["change_liked"], st["change_unpainted"]),
         disliked_pixels=int(dis.sum()), liked_pixels=int((first_map > 0).sum()),
         change_disliked_per_round=curve, rounds_to_target=rounds_to, seconds_to_target=seconds_to,
-        seconds_per_round=elapsed / job["rounds"],
+        seconds_per_round=elapsed / job["rounds"], updates_per_round_made=updates,
         transfer_change_part=_mean(tchange, tmap < 0), transfer_change_rest=_mean(tchange, tmap >= 0),
         plausibility_first=plausibility(first, dis), plausibility_last=plausibility(last, dis),
         seam_ratio=_ratio(_mean(edge_strength(last), edge), _mean(edge_strength(first), edge)),

@@ -20,7 +20,11 @@ matches their intent. Each **round** here is
 4. the image is regenerated with the same seed (same x_T and the same noise at every step) —
    by default only inside the strokes disliked so far, blended step by step with the first
    image's trajectory everywhere else (``composite``, :mod:`pxpo_lite.composite`) — and the
-   change |after − before| is measured inside and outside the painted area.
+   change |after − before| is measured inside and outside the painted area;
+5. with ``target_change`` (default 0.15): while the disliked pixels' mean change from the image
+   painted on is below it, steps 3–4 repeat on the same trajectory (the map still holds), up to
+   ``max_updates_per_round`` optimiser steps in the round — so a round ends with a change the person
+   can see, or says (``diagnostics["updates"]``) that it spent its budget.
 
 A :class:`FeedbackSession` keeps the prompt, the seed, every painted map, the adapters after
 each round, each round's image and its measurements, and **saves them to a folder after every
@@ -249,12 +253,24 @@ class FeedbackSession:
         sample_size = tuple(self.trajectory.log_probs.shape[-2:])
         A = heatmap_to_advantages(heat, sample_size, c.advantage_scale, c.dislike_scale, c.dislike_area)
         w = keep_weights_from_heatmap(heat, sample_size, keep_liked=c.keep_liked, ramp=c.keep_ramp) if c.keep_beta > 0 else None
-        diagnostics = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress, keep_map=w)
         before = image.numpy()
-        self.trajectory = self._generate(new_heatmap=heat)
+        diagnostics = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress, keep_map=w)
+        trajectory = self._generate(new_heatmap=heat)
+        stats = change_stats(before, trajectory.images[0].detach().cpu().numpy(), heat)
+        updates = diagnostics["updates"]
+        # with target_change: more steps on the same trajectory (the person's map still holds) until the
+        # disliked pixels visibly change, or max_updates_per_round is spent
+        while (c.target_change is not None and stats["change_disliked"] < c.target_change
+               and updates + c.updates_per_round <= c.max_updates_per_round):
+            more = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress, keep_map=w)
+            diagnostics = {**diagnostics, **{k: v for k, v in more.items() if k.endswith("_last")}}
+            updates += more["updates"]
+            trajectory = self._generate(new_heatmap=heat)
+            stats = change_stats(before, trajectory.images[0].detach().cpu().numpy(), heat)
+        diagnostics["updates"] = updates
+        self.trajectory = trajectory
         after = self.image.numpy()
         seconds = time.perf_counter() - t0
-        stats = change_stats(before, after, heat)
         stats.update(liked_pixels=int((heat > 0).sum()), disliked_pixels=int((heat < 0).sum()))
         rnd = FeedbackRound(index=len(self.rounds) + 1, heatmap=heat, image_before=before, image_after=after,
                             source=source, note=note, stats=stats, diagnostics=diagnostics, seconds=seconds)
@@ -264,8 +280,9 @@ class FeedbackSession:
         return rnd
 
     def summary(self) -> list[dict]:
-        """One row per round: source, painted pixels, change inside/outside, seconds."""
-        return [{"round": r.index, "source": r.source, **r.stats, "seconds": r.seconds, "loss": r.diagnostics.get("loss_first")}
+        """One row per round: source, painted pixels, change inside/outside, optimiser steps, seconds."""
+        return [{"round": r.index, "source": r.source, **r.stats, "updates": r.diagnostics.get("updates"), "seconds": r.seconds,
+                 "loss": r.diagnostics.get("loss_first")}
                 for r in self.rounds]
 
     # -- saving ----------------------------------------------------------------------------------

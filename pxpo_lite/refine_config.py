@@ -3,7 +3,7 @@
 :class:`RefineConfig` lists one field per line with its default and meaning, each number checked
 and stored as a Python int/float when it is made (a bool or a str is refused, naming the field);
 :meth:`RefineConfig.from_dict` reads the config of a saved session, older ones included.
-:data:`KEEP_BETA`, :data:`KEEP_RAMP`, :data:`DISLIKE_SCALE` and :data:`DISLIKE_AREA` are the measured defaults.
+:data:`KEEP_BETA`, :data:`KEEP_RAMP`, :data:`DISLIKE_SCALE`, :data:`DISLIKE_AREA` and :data:`TARGET_CHANGE` are the measured defaults.
 :mod:`pxpo_lite.feedback` (the session) re-exports all four; :mod:`pxpo_lite.train_config` is
 the trainer's counterpart.
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .config_checks import check_bool, check_number, check_positive_int
 from .keep_ramp import check_ramp
 
-__all__ = ["DISLIKE_AREA", "DISLIKE_SCALE", "KEEP_BETA", "KEEP_RAMP", "RefineConfig"]
+__all__ = ["DISLIKE_AREA", "DISLIKE_SCALE", "KEEP_BETA", "KEEP_RAMP", "RefineConfig", "TARGET_CHANGE"]
 
 #: RefineConfig's default β of the keep term, chosen by benchmarks/bench_localised_feedback.py (the credit
 #: benchmark's global β is another: experiments.CREDIT_KEEP_BETA)
@@ -27,6 +27,10 @@ DISLIKE_SCALE = 3.0
 #: RefineConfig's default dislike_area: strokes under 30 % of the image are pulled as hard as one of 30 %
 #: (chosen on the selection seeds 20-21 over 0.15 and off; benchmarks/results/localised_feedback_area_select.json)
 DISLIKE_AREA: float | None = 0.3
+#: RefineConfig's default target_change: a round updates (up to max_updates_per_round steps) until the disliked
+#: pixels' mean |Δ| from the image painted on reaches 0.15 (chosen on the selection seeds 20-21 over 0.2 and off;
+#: benchmarks/results/localised_feedback_target_select.json)
+TARGET_CHANGE: float | None = 0.15
 
 
 @dataclass
@@ -49,6 +53,8 @@ class RefineConfig:
     dislike_scale: float = DISLIKE_SCALE  # disliked pixels' advantages × this (liked ones × 1)
     dislike_area: float | None = DISLIKE_AREA  # a fraction: strokes smaller than this get disliked advantages × (this ÷ their area), ≤ 10 (painted.area_gain); None: off
     composite: bool = True         # True: redraw only the strokes disliked so far (+ ramp), every other pixel stays the first image's (composite.py)
+    target_change: float | None = TARGET_CHANGE  # a round keeps updating until the disliked pixels' mean |Δ| from the image painted on reaches this (None: a fixed round)
+    max_updates_per_round: int = 12  # with target_change: at most this many optimiser steps in one round (in chunks of updates_per_round)
     timestep_batch: int | None = None  # timesteps scored per UNet forward (same result to float rounding); None: update.resolve_timestep_batch
 
     #: names used by sessions saved before the rename; :meth:`from_dict` maps/ignores them
@@ -71,6 +77,11 @@ class RefineConfig:
         self.dislike_area = check_number("RefineConfig.dislike_area", self.dislike_area, above=0, at_most=1, optional=True)
         self.keep_ramp = check_ramp(self.keep_ramp, "RefineConfig.keep_ramp")
         self.timestep_batch = check_positive_int("RefineConfig.timestep_batch", self.timestep_batch, optional=True)
+        self.target_change = check_number("RefineConfig.target_change", self.target_change, above=0, at_most=1, optional=True)
+        self.max_updates_per_round = check_positive_int("RefineConfig.max_updates_per_round", self.max_updates_per_round)
+        if self.max_updates_per_round < self.updates_per_round:
+            raise ValueError(f"RefineConfig.max_updates_per_round ({self.max_updates_per_round}) is below updates_per_round "
+                             f"({self.updates_per_round}): a round always makes updates_per_round steps; raise it or lower updates_per_round")
 
     @classmethod
     def from_dict(cls, d: dict) -> "RefineConfig":
@@ -82,6 +93,7 @@ class RefineConfig:
         d.setdefault("dislike_scale", 1.0)
         d.setdefault("composite", False)
         d.setdefault("dislike_area", None)
+        d.setdefault("target_change", None)  # sessions saved before the adaptive round continue with fixed rounds
         for old, new in cls.LEGACY.items():
             if old in d:
                 value = d.pop(old)

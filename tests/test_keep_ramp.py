@@ -222,3 +222,40 @@ def test_session_ramp_reaches_the_update_and_a_whole_image_stroke_runs(pipe, mon
         whole = s.step(-np.ones((32, 32), np.float32), source="synthetic")
     assert (seen[-1][0].weights == 0).all()
     assert whole.stats["change_disliked"] > 0 and math.isnan(whole.stats["change_unpainted"])
+
+
+# ---------------------------------------------------------------------------- the adaptive round (target_change)
+def test_target_change_is_checked_and_old_sessions_keep_fixed_rounds():
+    assert RefineConfig.from_dict({"num_steps": 4}).target_change is None
+    with pytest.raises(ValueError, match="target_change"):
+        RefineConfig(target_change=0)
+    with pytest.raises(ValueError, match="target_change"):
+        RefineConfig(target_change=float("nan"))
+    with pytest.raises(ValueError, match="max_updates_per_round .* below updates_per_round"):
+        RefineConfig(updates_per_round=4, max_updates_per_round=3)
+
+
+@pytest.mark.parametrize("target, want_updates", [(None, 2), (1.0, 6), (1e-9, 2)])
+def test_a_round_keeps_updating_until_the_disliked_pixels_change(pipe, monkeypatch, target, want_updates):
+    """target_change: more chunks of updates_per_round on the same trajectory until the disliked
+    change reaches the target (1e-9: at once) or max_updates_per_round is spent (1.0: never reached)."""
+    from pxpo_lite import feedback as fb
+
+    calls, orig = [], fb.pxpo_refine
+
+    def spy(pipe_, traj, A, params, config, **k):
+        calls.append(traj)
+        return orig(pipe_, traj, A, params, config, **k)
+
+    monkeypatch.setattr(fb, "pxpo_refine", spy)
+    cfg = RefineConfig(**{**CFG, "updates_per_round": 2}, target_change=target, max_updates_per_round=7)
+    s = FeedbackSession(pipe, world.all_prompts()[0], seed=3, config=cfg)
+    first = s.trajectory
+    h = np.zeros((32, 32), np.float32)
+    h[8:16, 8:16] = -1.0
+    r = s.step(h, source="synthetic")
+    assert r.diagnostics["updates"] == want_updates and len(calls) == want_updates // 2
+    assert all(t is first for t in calls)  # every chunk scores the image the person painted on
+    # the round's image is the last regeneration, measured against the image painted on
+    st = change_stats(r.image_before, s.image.numpy(), h)
+    assert {k: r.stats[k] for k in st} == pytest.approx(st, nan_ok=True)
