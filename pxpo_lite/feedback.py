@@ -53,7 +53,7 @@ from .composite import base_trajectory, regenerate_mask, sample_composite
 from .config_checks import NOT_GIVEN, as_int, renamed_keyword
 from .keep import Keep, keep_weights_from_heatmap
 from .painted import change_stats, heatmap_to_advantages, warn_if_whole_image  # noqa: F401 (re-exported: notebooks import them from here)
-from .refine_config import DISLIKE_AREA, DISLIKE_SCALE, KEEP_BETA, KEEP_RAMP, RefineConfig  # noqa: F401 (re-exported: its home is refine_config.py)
+from .refine_config import DISLIKE_AREA, DISLIKE_SCALE, KEEP_BETA, KEEP_RAMP, TARGET_CHANGE, RefineConfig  # noqa: F401 (re-exported: its home is refine_config.py)
 from .sampling import sample
 from .session_store import SessionError, SessionStore
 from .steps import trainable_steps
@@ -254,19 +254,17 @@ class FeedbackSession:
         A = heatmap_to_advantages(heat, sample_size, c.advantage_scale, c.dislike_scale, c.dislike_area)
         w = keep_weights_from_heatmap(heat, sample_size, keep_liked=c.keep_liked, ramp=c.keep_ramp) if c.keep_beta > 0 else None
         before = image.numpy()
-        diagnostics = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress, keep_map=w)
-        trajectory = self._generate(new_heatmap=heat)
-        stats = change_stats(before, trajectory.images[0].detach().cpu().numpy(), heat)
-        updates = diagnostics["updates"]
-        # with target_change: more steps on the same trajectory (the person's map still holds) until the
-        # disliked pixels visibly change, or max_updates_per_round is spent
-        while (c.target_change is not None and stats["change_disliked"] < c.target_change
-               and updates + c.updates_per_round <= c.max_updates_per_round):
-            more = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress, keep_map=w)
-            diagnostics = {**diagnostics, **{k: v for k, v in more.items() if k.endswith("_last")}}
-            updates += more["updates"]
+        diagnostics, updates = None, 0
+        while True:  # one chunk of updates_per_round steps; with target_change more on the same trajectory
+            d = pxpo_refine(self.pipe, self.trajectory, A, self.params, c, progress=self.progress, keep_map=w)
+            updates += d["updates"]
+            diagnostics = d if diagnostics is None else {**diagnostics, **{k: v for k, v in d.items() if k.endswith("_last")}}
             trajectory = self._generate(new_heatmap=heat)
             stats = change_stats(before, trajectory.images[0].detach().cpu().numpy(), heat)
+            # until the disliked pixels visibly change (NaN, nothing disliked: one chunk) or the budget is spent
+            if not (c.target_change is not None and stats["change_disliked"] < c.target_change
+                    and updates + c.updates_per_round <= c.max_updates_per_round):
+                break
         diagnostics["updates"] = updates
         self.trajectory = trajectory
         after = self.image.numpy()

@@ -4,7 +4,7 @@
 and stored as a Python int/float when it is made (a bool or a str is refused, naming the field);
 :meth:`RefineConfig.from_dict` reads the config of a saved session, older ones included.
 :data:`KEEP_BETA`, :data:`KEEP_RAMP`, :data:`DISLIKE_SCALE`, :data:`DISLIKE_AREA` and :data:`TARGET_CHANGE` are the measured defaults.
-:mod:`pxpo_lite.feedback` (the session) re-exports all four; :mod:`pxpo_lite.train_config` is
+:mod:`pxpo_lite.feedback` (the session) re-exports all five; :mod:`pxpo_lite.train_config` is
 the trainer's counterpart.
 
 Introduced in ``notebooks/06_human_feedback_canvas.ipynb``.

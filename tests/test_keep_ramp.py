@@ -235,10 +235,11 @@ def test_target_change_is_checked_and_old_sessions_keep_fixed_rounds():
         RefineConfig(updates_per_round=4, max_updates_per_round=3)
 
 
-@pytest.mark.parametrize("target, want_updates", [(None, 2), (1.0, 6), (1e-9, 2)])
-def test_a_round_keeps_updating_until_the_disliked_pixels_change(pipe, monkeypatch, target, want_updates):
+@pytest.mark.parametrize("target, sign, want_updates", [(None, -1, 2), (1.0, -1, 6), (1e-9, -1, 2), (1.0, 1, 2)])
+def test_a_round_keeps_updating_until_the_disliked_pixels_change(pipe, monkeypatch, target, sign, want_updates):
     """target_change: more chunks of updates_per_round on the same trajectory until the disliked
-    change reaches the target (1e-9: at once) or max_updates_per_round is spent (1.0: never reached)."""
+    change reaches the target (1e-9: at once) or max_updates_per_round is spent (1.0: never reached);
+    a map with nothing disliked (sign +1) makes one chunk."""
     from pxpo_lite import feedback as fb
 
     calls, orig = [], fb.pxpo_refine
@@ -252,7 +253,7 @@ def test_a_round_keeps_updating_until_the_disliked_pixels_change(pipe, monkeypat
     s = FeedbackSession(pipe, world.all_prompts()[0], seed=3, config=cfg)
     first = s.trajectory
     h = np.zeros((32, 32), np.float32)
-    h[8:16, 8:16] = -1.0
+    h[8:16, 8:16] = sign
     r = s.step(h, source="synthetic")
     assert r.diagnostics["updates"] == want_updates and len(calls) == want_updates // 2
     assert all(t is first for t in calls)  # every chunk scores the image the person painted on
