@@ -152,7 +152,7 @@ def test_a_round_has_diagnostics_and_pxpo_refine_a_keep_map(tmp_path, monkeypatc
 
     torch.manual_seed(0)
     pipe = build_tiny_pipeline(seed=0)
-    cfg = feedback.RefineConfig(num_steps=4, updates_per_round=1, learning_rate=1e-2, lora_rank=2)
+    cfg = feedback.RefineConfig(num_steps=4, updates_per_round=1, learning_rate=1e-2, lora_rank=2, target_change=None)  # one step
     s = feedback.FeedbackSession(pipe, world.all_prompts()[0], seed=3, folder=tmp_path / "s", config=cfg)
     heat = np.zeros((32, 32), np.float32)
     heat[4:12, 4:12] = -1
