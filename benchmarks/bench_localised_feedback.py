@@ -127,6 +127,10 @@ def run_one(job: dict) -> dict:
         heat = synthetic_heatmap(s.image, job["rule"], seed=job["seed"], segmenter=_W["seg"])
         first_map = heat if first_map is None else first_map
         rnd = s.step(heat, source="synthetic")
+        if rnd is None:  # the rule finds nothing left to dislike (say the hair is gone): the person would stop here
+            if not s.rounds:
+                raise ValueError(f"rule {job['rule']!r} paints nothing on the first image of {job['prompt']!r}, seed {job['seed']}")
+            break
         elapsed += rnd.seconds
         updates.append(rnd.diagnostics["updates"])
         curve.append(change_stats(s.images[0], rnd.image_after, first_map)["change_disliked"])
@@ -154,7 +158,7 @@ def run_one(job: dict) -> dict:
         liked_over_unpainted=_ratio(st["change_liked"], st["change_unpainted"]),
         disliked_pixels=int(dis.sum()), liked_pixels=int((first_map > 0).sum()),
         change_disliked_per_round=curve, rounds_to_target=rounds_to, seconds_to_target=seconds_to,
-        seconds_per_round=elapsed / job["rounds"], updates_per_round_made=updates,
+        seconds_per_round=elapsed / len(s.rounds), updates_per_round_made=updates, rounds_made=len(s.rounds),
         transfer_change_part=_mean(tchange, tmap < 0), transfer_change_rest=_mean(tchange, tmap >= 0),
         plausibility_first=plausibility(first, dis), plausibility_last=plausibility(last, dis),
         seam_ratio=_ratio(_mean(edge_strength(last), edge), _mean(edge_strength(first), edge)),

@@ -214,11 +214,10 @@ def test_session_ramp_reaches_the_update_and_a_whole_image_stroke_runs(pipe, mon
     s.step(h, source="synthetic")
     keep, A = seen[-1]
     np.testing.assert_allclose(keep.weights[0].numpy(), keep_weights_from_heatmap(h, (32, 32), ramp=4.0)[0].numpy())
-    # a 16-pixel stroke is 1/64 of the image: the default dislike_area (0.15) scales it by 0.15 × 64 = 9.6 (under the cap, 10)
+    # a 16-pixel stroke is 1.6 % of the image: the default dislike_area (0.3) scales it by the cap, ×10
     from pxpo_lite.painted import MAX_AREA_GAIN
 
-    assert RefineConfig().dislike_area == 0.15 and 0.15 * 64 < MAX_AREA_GAIN
-    assert A[0, 11, 11] == pytest.approx(-2.0 * 0.15 * 64) and A[0, 0, 0] == 0
+    assert RefineConfig().dislike_area == 0.3 and A[0, 11, 11] == -2.0 * MAX_AREA_GAIN and A[0, 0, 0] == 0
     with pytest.warns(UserWarning, match="paints every pixel"):  # defined: nothing kept, nothing unpainted (and it says so)
         whole = s.step(-np.ones((32, 32), np.float32), source="synthetic")
     assert (seen[-1][0].weights == 0).all()
