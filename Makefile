@@ -28,11 +28,11 @@ setup-dev:
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
-# two pytest-xdist workers, a test file each at a time (they share each executed notebook and each cached venv: tests/conftest.py,
+# two pytest-xdist workers, a test file each at a time, the slowest files first (tests/conftest.py SLOW_FIRST; they share each executed notebook and each cached venv: tests/conftest.py,
 # scripts/make_venv.py); TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 test: setup-test
-	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
 run: setup
 	$(PY) scripts/run_notebooks.py --out executed $(NOTEBOOKS)
