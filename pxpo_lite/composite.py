@@ -12,7 +12,8 @@ with the **base model's own trajectory** of that seed,
     x_{t−1} = m · x_{t−1}^{updated} + (1 − m) · x_{t−1}^{base},
 
 where m is 1 inside every stroke disliked so far (the union over rounds), falls to 0 over
-``keep_ramp`` pixels outside it (so the edge blends), and is 0 everywhere else. Pixels that were
+``redraw_ramp`` pixels outside it (so the edge blends), and is 0 everywhere else; with
+``redraw_liked=False`` it is 0 on liked pixels too, even inside that band. Pixels that were
 never disliked therefore stay exactly as in the first image, whatever the update did to the
 model; the disliked region is drawn by the updated model, which sees the kept surroundings at
 every step (as RePaint-style inpainting does), so it fits them.
@@ -36,14 +37,17 @@ import torch
 from .ddim import ddim_step_logprob
 from .keep import adapters_disabled, keep_weights_from_heatmap
 from .lora import has_lora
+from .pixelwise import to_sample_grid
 from .sampling import _check_prompts, _encode, decode, initial_latents, model_output, resolve_guidance_scale, sample
 from .trajectory import Trajectory
 
 
-def regenerate_mask(heatmaps, sample_size, ramp: float | None) -> torch.Tensor | None:
+def regenerate_mask(heatmaps, sample_size, ramp: float | None, redraw_liked: bool = True) -> torch.Tensor | None:
     """(1,h,w) in [0,1]: where the composite takes the updated policy's sample (1) or the base
     trajectory's (0). The union (max) over ``heatmaps`` of each map's disliked part, widened by
-    ``ramp`` pixels (1 − the keep ramp's weight); None when nothing was ever disliked."""
+    ``ramp`` pixels (1 − the keep ramp's weight); None when nothing was ever disliked.
+    ``redraw_liked=False``: 0 on the pixels the last map likes and no map ever disliked (what the
+    person likes in the first image stays exactly as it was, even right next to a disliked stroke)."""
     masks = []
     for h in heatmaps:
         dis = np.minimum(np.asarray(h, dtype=np.float32), 0.0)
@@ -51,7 +55,12 @@ def regenerate_mask(heatmaps, sample_size, ramp: float | None) -> torch.Tensor |
             masks.append(1.0 - keep_weights_from_heatmap(dis, sample_size, keep_liked=True, ramp=ramp))
     if not masks:
         return None
-    return torch.stack(masks).amax(0).clamp(0.0, 1.0)
+    mask = torch.stack(masks).amax(0).clamp(0.0, 1.0)
+    if not redraw_liked:
+        ever_disliked = np.any([np.asarray(h, dtype=np.float32) < 0 for h in heatmaps], axis=0)
+        liked = np.clip(np.asarray(heatmaps[-1], dtype=np.float32), 0.0, 1.0) * ~ever_disliked
+        mask = mask * (1.0 - to_sample_grid(torch.from_numpy(liked)[None], sample_size))
+    return mask
 
 
 @torch.no_grad()

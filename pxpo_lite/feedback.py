@@ -18,8 +18,9 @@ matches their intent. Each **round** here is
    (they change); the keep term (``keep_beta``) holds everything else near the base model, with
    a weight that is 0 in a disliked stroke and rises to 1 over ``keep_ramp`` pixels outside it;
 4. the image is regenerated with the same seed (same x_T and the same noise at every step) —
-   by default only inside the strokes disliked so far, blended step by step with the first
-   image's trajectory everywhere else (``composite``, :mod:`pxpo_lite.composite`) — and the
+   by default only inside the strokes disliked so far and a ``redraw_ramp``-pixel band around
+   them (never on liked pixels: ``redraw_liked``), blended step by step with the first image's
+   trajectory everywhere else (``composite``, :mod:`pxpo_lite.composite`) — and the
    change |after − before| is measured inside and outside the painted area;
 5. with ``target_change`` (default 0.15): while the disliked pixels' mean change from the image
    painted on is below it, steps 3–4 repeat on the same trajectory (the map still holds), up to
@@ -215,7 +216,7 @@ class FeedbackSession:
                 self._base = base_trajectory(self.pipe, self.prompt, num_steps=c.num_steps, eta=c.eta,
                                              guidance_scale=c.guidance_scale, generator=self._generator())
             maps = [r.heatmap for r in self.rounds] + ([] if new_heatmap is None else [new_heatmap])
-            mask = regenerate_mask(maps, tuple(self._base.latents.shape[-2:]), c.keep_ramp)
+            mask = regenerate_mask(maps, tuple(self._base.latents.shape[-2:]), c.redraw_ramp, c.redraw_liked)
             if mask is not None:
                 return sample_composite(self.pipe, self._base, mask, self._generator())
         return sample(self.pipe, [self.prompt], num_steps=c.num_steps, eta=c.eta, guidance_scale=c.guidance_scale,

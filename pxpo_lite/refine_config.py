@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .config_checks import check_bool, check_number, check_positive_int
 from .keep_ramp import check_ramp
 
-__all__ = ["DISLIKE_AREA", "DISLIKE_SCALE", "KEEP_BETA", "KEEP_RAMP", "RefineConfig", "TARGET_CHANGE"]
+__all__ = ["DISLIKE_AREA", "DISLIKE_SCALE", "KEEP_BETA", "KEEP_RAMP", "REDRAW_RAMP", "RefineConfig", "TARGET_CHANGE"]
 
 #: RefineConfig's default β of the keep term, chosen by benchmarks/bench_localised_feedback.py (the credit
 #: benchmark's global β is another: experiments.CREDIT_KEEP_BETA)
@@ -24,6 +24,10 @@ KEEP_BETA = 10.0
 #: RefineConfig's default keep ramp (pixels) and disliked-advantage scale, chosen by the same benchmark
 KEEP_RAMP: float | None = 4.0
 DISLIKE_SCALE = 3.0
+#: RefineConfig's default band of the composite (pixels outside a disliked stroke that are redrawn, blending) and
+#: redraw_liked=False: chosen on the selection seeds 20-21 over the keep ramp's 4 px and redrawing liked pixels
+#: (benchmarks/results/localised_feedback_redraw_select.json)
+REDRAW_RAMP: float | None = 2.0
 #: RefineConfig's default dislike_area: strokes under 30 % of the image are pulled as hard as one of 30 %
 #: (chosen on the selection seeds 20-21 over 0.15 and off; benchmarks/results/localised_feedback_area_select.json;
 #: with target_change, 0.15 had lower seams on the same seeds: localised_feedback_area_target_select.json, not yet reported)
@@ -54,6 +58,8 @@ class RefineConfig:
     dislike_scale: float = DISLIKE_SCALE  # disliked pixels' advantages × this (liked ones × 1)
     dislike_area: float | None = DISLIKE_AREA  # a fraction: strokes smaller than this get disliked advantages × (this ÷ their area), ≤ 10 (painted.area_gain); None: off
     composite: bool = True         # True: redraw only the strokes disliked so far (+ ramp), every other pixel stays the first image's (composite.py)
+    redraw_ramp: float | None = REDRAW_RAMP  # with composite: the redrawn region blends over this many pixels outside a disliked stroke; None: a hard edge
+    redraw_liked: bool = False     # with composite: False: liked pixels stay the first image's, even in that band; True: the band may redraw them
     target_change: float | None = TARGET_CHANGE  # a round keeps updating until the disliked pixels' mean |Δ| from the image painted on reaches this (None: a fixed round)
     max_updates_per_round: int = 12  # with target_change: at most this many optimiser steps in one round (in chunks of updates_per_round)
     timestep_batch: int | None = None  # timesteps scored per UNet forward (same result to float rounding); None: update.resolve_timestep_batch
@@ -75,6 +81,8 @@ class RefineConfig:
             setattr(self, name, check_number(f"RefineConfig.{name}", getattr(self, name), **bounds))
         check_bool("RefineConfig.keep_liked", self.keep_liked)
         check_bool("RefineConfig.composite", self.composite)
+        check_bool("RefineConfig.redraw_liked", self.redraw_liked)
+        self.redraw_ramp = check_ramp(self.redraw_ramp, "RefineConfig.redraw_ramp")
         self.dislike_area = check_number("RefineConfig.dislike_area", self.dislike_area, above=0, at_most=1, optional=True)
         self.keep_ramp = check_ramp(self.keep_ramp, "RefineConfig.keep_ramp")
         self.timestep_batch = check_positive_int("RefineConfig.timestep_batch", self.timestep_batch, optional=True)
@@ -93,6 +101,8 @@ class RefineConfig:
         d.setdefault("keep_ramp", None)  # sessions saved before the ramp continue as they were made
         d.setdefault("dislike_scale", 1.0)
         d.setdefault("composite", False)
+        d.setdefault("redraw_ramp", d.get("keep_ramp"))  # sessions saved before: the composite's band was the keep ramp
+        d.setdefault("redraw_liked", True)
         d.setdefault("dislike_area", None)
         d.setdefault("target_change", None)  # sessions saved before the adaptive round continue with fixed rounds
         for old, new in cls.LEGACY.items():

@@ -84,3 +84,62 @@ def test_composite_must_be_a_bool_and_old_sessions_read_without_it():
     with pytest.raises(ValueError, match="composite"):
         RefineConfig(composite="yes")
     assert RefineConfig.from_dict({"num_steps": 4}).composite is False
+
+
+def test_redraw_liked_false_never_redraws_liked_pixels_first_seen_liked():
+    dis = -blob((32, 32), 1, radius=5)
+    ring = (distance_to_disliked(torch.from_numpy(dis)[None])[0].numpy() > 0) & (
+        distance_to_disliked(torch.from_numpy(dis)[None])[0].numpy() < 4)
+    heat = np.where(ring, 1.0, dis).astype(np.float32)  # liked right next to the disliked stroke
+    kept = regenerate_mask([heat], (32, 32), 4.0, redraw_liked=False)[0].numpy()
+    band = regenerate_mask([heat], (32, 32), 4.0)[0].numpy()
+    assert (band[ring] > 0).all() and (kept[ring] == 0).all()  # the default band redraws them; False keeps them
+    np.testing.assert_allclose(kept[~ring], band[~ring])  # everything else as before
+    # a pixel disliked in an earlier round and liked now keeps being redrawn (the person likes the redrawn version)
+    later = np.where(dis < 0, 1.0, 0.0).astype(np.float32)
+    again = regenerate_mask([dis, later], (32, 32), 4.0, redraw_liked=False)[0].numpy()
+    assert (again[dis <= -1] == 1).all()
+    # on a coarser sample grid the liked fraction of each cell is left out
+    coarse = regenerate_mask([heat], (8, 8), 4.0, redraw_liked=False)
+    assert coarse.shape == (1, 8, 8) and 0 <= coarse.min() and coarse.max() <= 1
+
+
+def test_session_with_redraw_liked_false_keeps_liked_pixels_exactly(pipe):
+    dis = -blob((32, 32), 7, radius=6)
+    d = distance_to_disliked(torch.from_numpy(dis)[None])[0].numpy()
+    heat = np.where((d > 0) & (d < 3), 1.0, dis).astype(np.float32)
+    s = FeedbackSession(pipe, PROMPT, seed=3, config=RefineConfig(**CFG, redraw_liked=False))
+    s.step(heat, source="synthetic")
+    change = np.abs(s.images[-1] - s.images[0]).mean(0)
+    assert change[heat > 0].max() == 0.0 and change[heat <= -1].mean() > 0.01
+    narrow = FeedbackSession(pipe, PROMPT, seed=3, config=RefineConfig(**CFG, redraw_ramp=2.0))
+    narrow.step(dis, source="synthetic")
+    assert np.abs(narrow.images[-1] - narrow.images[0]).mean(0)[d >= 2].max() == 0.0  # the band is 2 pixels wide
+
+
+def test_redraw_fields_are_checked_and_old_sessions_keep_their_band():
+    with pytest.raises(ValueError, match="RefineConfig.redraw_liked"):
+        RefineConfig(redraw_liked="no")
+    with pytest.raises(ValueError, match="RefineConfig.redraw_ramp must be None"):
+        RefineConfig(redraw_ramp=0)
+    old = RefineConfig.from_dict({"num_steps": 4, "composite": True, "keep_ramp": 3.0})
+    assert old.redraw_ramp == 3.0 and old.redraw_liked is True  # saved before: the band was the keep ramp
+    assert RefineConfig.from_dict({"num_steps": 4}).redraw_ramp is None
+
+
+def test_the_unpainted_change_diagnosis_finds_nothing_outside_the_bands(pipe):
+    """benchmarks/where_unpainted_changed.py (quoted in the README) splits the unpainted pixels' change by band:
+    the shares add up to 1 and the part outside every band is 0 (the composite keeps those pixels)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "where_unpainted", Path(__file__).resolve().parents[1] / "benchmarks" / "where_unpainted_changed.py")
+    where = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(where)
+    row = {"prompt": PROMPT, "seed": 3, "rule": "dislike blob"}
+    d = where.diagnose(row, {**CFG, "keep_beta": 1.0, "keep_ramp": 4.0}, 2, pipe, None)
+    parts = d["parts"]
+    assert sum(p["pixels"] for p in parts.values()) == d["unpainted_pixels"]
+    assert parts["outside every band"]["pixels"] > 0 and parts["outside every band"]["share_of_change"] == 0.0
+    assert abs(sum(p["share_of_change"] for p in parts.values()) - 1.0) < 1e-6
