@@ -15,17 +15,29 @@ maps all live in GPU memory. Two things then go wrong that never show on a CPU:
 
 :func:`peak_memory_gb` / :func:`reset_peak_memory` report the GPU memory a step needed
 (``torch.cuda.max_memory_allocated``) and, on a CPU, the process's peak resident memory.
+:func:`cpu_threads` is the number of threads the notebooks give torch on a CPU.
 
 Introduced in ``notebooks/08_stable_diffusion.ipynb``; used by every notebook that plots tensors.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
 import torch
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def cpu_threads(default: int = 2) -> int:
+    """Threads for torch on a CPU: ``OMP_NUM_THREADS`` when it is set to a whole number > 0 (a busy
+    machine, or ``make test``'s two workers, set 1: extra OpenMP threads there wait on each other),
+    else min(``default``, the CPU's cores) — two are faster than one on a quiet 2-core CPU."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return max(1, min(default, os.cpu_count() or 1))
 
 
 def to_numpy(x) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +286,17 @@ def test_float16_sd_unet_trains_float32_adapters():
     assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     with pytest.raises(TypeError, match="params"):
         float32_adapters([torch.zeros(2)])
+
+
+def test_cpu_threads_reads_omp_num_threads(monkeypatch):
+    from pxpo_lite.devices import cpu_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_threads() == 1  # make test's workers (and a busy machine) ask for one
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads() == 3
+    for unset in ("", "0", "4,2", "x"):  # not a whole number > 0: the notebooks' default
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert cpu_threads() == max(1, min(2, os.cpu_count() or 1))
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_threads(default=1) == 1
