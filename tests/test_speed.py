@@ -210,3 +210,20 @@ def test_bench_vs_trl_arms_map_to_valid_configs(monkeypatch):
         assert bench.arm_config("ddpo-trl-calls", layout).sample_batch_size == bench.LAYOUTS[layout][0]
     assert bench.OURS["ddpo-1"][1] == {"timestep_batch": 1} and bench.DEFAULT_ARMS == ("trl", "ddpo", "pxpo")
     assert all({num, den} <= {"trl", *bench.OURS} for _, num, den in bench.RATIOS)
+
+
+def test_profile_sampling_splits_a_call_into_unet_vae_and_the_rest():
+    """benchmarks/profile_sampling.py (quoted in the README): the parts add up to the wall time."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "profile_sampling", Path(__file__).resolve().parents[1] / "benchmarks" / "profile_sampling.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n = torch.get_num_threads()
+    try:
+        (row,) = mod.main(["--size", "tiny", "--images", "2", "--reps", "1"])
+    finally:
+        torch.set_num_threads(n)
+    assert 0 < row["unet_s"] < row["wall_s"] and 0 < row["vae_s"] < row["wall_s"] and row["other_s"] > 0
