@@ -54,7 +54,7 @@ from .composite import base_trajectory, regenerate_mask, sample_composite
 from .config_checks import NOT_GIVEN, as_int, renamed_keyword
 from .keep import Keep, keep_weights_from_heatmap
 from .painted import change_stats, heatmap_to_advantages, warn_if_whole_image  # noqa: F401 (re-exported: notebooks import them from here)
-from .refine_config import DISLIKE_AREA, DISLIKE_SCALE, KEEP_BETA, KEEP_RAMP, TARGET_CHANGE, RefineConfig  # noqa: F401 (re-exported: its home is refine_config.py)
+from .refine_config import DISLIKE_AREA, DISLIKE_SCALE, KEEP_BETA, KEEP_RAMP, REDRAW_RAMP, TARGET_CHANGE, RefineConfig  # noqa: F401 (re-exported: its home is refine_config.py)
 from .sampling import sample
 from .session_store import SessionError, SessionStore
 from .steps import trainable_steps

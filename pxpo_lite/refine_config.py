@@ -3,8 +3,8 @@
 :class:`RefineConfig` lists one field per line with its default and meaning, each number checked
 and stored as a Python int/float when it is made (a bool or a str is refused, naming the field);
 :meth:`RefineConfig.from_dict` reads the config of a saved session, older ones included.
-:data:`KEEP_BETA`, :data:`KEEP_RAMP`, :data:`DISLIKE_SCALE`, :data:`DISLIKE_AREA` and :data:`TARGET_CHANGE` are the measured defaults.
-:mod:`pxpo_lite.feedback` (the session) re-exports all five; :mod:`pxpo_lite.train_config` is
+:data:`KEEP_BETA`, :data:`KEEP_RAMP`, :data:`DISLIKE_SCALE`, :data:`REDRAW_RAMP`, :data:`DISLIKE_AREA` and :data:`TARGET_CHANGE`
+are the measured defaults. :mod:`pxpo_lite.feedback` (the session) re-exports all six; :mod:`pxpo_lite.train_config` is
 the trainer's counterpart.
 
 Introduced in ``notebooks/06_human_feedback_canvas.ipynb``.
@@ -30,7 +30,8 @@ DISLIKE_SCALE = 3.0
 REDRAW_RAMP: float | None = 2.0
 #: RefineConfig's default dislike_area: strokes under 30 % of the image are pulled as hard as one of 30 %
 #: (chosen on the selection seeds 20-21 over 0.15 and off; benchmarks/results/localised_feedback_area_select.json;
-#: with target_change, 0.15 had lower seams on the same seeds: localised_feedback_area_target_select.json, not yet reported)
+#: with target_change, 0.15 had lower seams on the same seeds, localised_feedback_area_target_select.json, but a mixed
+#: report on seeds 0-2, localised_feedback_rules_area015.json; not re-measured with the 2-pixel band)
 DISLIKE_AREA: float | None = 0.3
 #: RefineConfig's default target_change: a round updates (up to max_updates_per_round steps) until the disliked
 #: pixels' mean |Δ| from the image painted on reaches 0.15 (chosen on the selection seeds 20-21 over 0.2 and off;
