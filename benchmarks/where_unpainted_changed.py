@@ -74,7 +74,8 @@ def main(argv=None) -> list[dict]:
     config = {"num_steps": result["settings"]["num_steps"], **rows[0]["config"]}
     for item in args.set:
         key, _, value = item.partition("=")
-        config[key] = None if value.lower() == "none" else (value.lower() == "true" if value.lower() in ("true", "false") else float(value))
+        low = value.lower()
+        config[key] = None if low == "none" else low == "true" if low in ("true", "false") else int(value) if value.isdigit() else float(value)
     pipe, seg = load_tiny_pipeline("cpu"), load_segmenter("cpu")
     out = []
     for row in rows:

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pxpo_lite.devices import cpu_threads
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -27,7 +29,7 @@ KERNEL = os.environ.get("PXPO_KERNEL", "pxpo-lite")
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if WORKER:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-torch.set_num_threads(1 if WORKER else min(2, os.cpu_count() or 1))
+torch.set_num_threads(cpu_threads())  # 1 in a worker (OMP_NUM_THREADS above), else up to 2
 
 
 # The slowest test files, slowest first (`make test PYTEST_ARGS=--durations=30`, two workers): the Colab-versions
