@@ -44,7 +44,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["PromptEmbeddingCache", "apply_speedups", "enable_prompt_cache", "disable_prompt_cache"]
+__all__ = ["PromptEmbeddingCache", "apply_speedups", "resolve_channels_last", "enable_prompt_cache", "disable_prompt_cache"]
 
 
 class PromptEmbeddingCache:
@@ -141,7 +141,16 @@ def _check_flag(name: str, value) -> bool:
     return value
 
 
-def apply_speedups(pipe, *, channels_last: bool = False, gradient_checkpointing: bool = False,
+def resolve_channels_last(channels_last: bool | None, device) -> bool:
+    """``channels_last`` as given, or for None the automatic rule: on when the UNet runs on a CPU (measured
+    faster there in every run of ``benchmarks/bench_speedups.py`` and ``benchmarks/bench_vs_trl.py``),
+    off elsewhere (on a GPU it is not measured here)."""
+    if channels_last is None:
+        return torch.device(device).type == "cpu"
+    return _check_flag("channels_last", channels_last)
+
+
+def apply_speedups(pipe, *, channels_last: bool | None = False, gradient_checkpointing: bool = False,
                    prompt_cache: bool = False, compile: bool = False, compile_kwargs: dict | None = None) -> dict:
     """Switch speed options on for ``pipe`` in place (module docstring); returns what was applied.
 
@@ -149,15 +158,18 @@ def apply_speedups(pipe, *, channels_last: bool = False, gradient_checkpointing:
     later are covered by ``gradient_checkpointing`` and ``compile`` (they act on the UNet's blocks
     and its forward, compiled at the first call); ``channels_last`` converts the weights present
     now (adapter convolutions added later keep the default layout: correct, a little less gain).
-    ``compile_kwargs`` go to ``torch.compile`` (e.g. ``{"dynamic": False}``).
+    ``compile_kwargs`` go to ``torch.compile`` (e.g. ``{"dynamic": False}``). ``channels_last=None``
+    chooses by the UNet's device (:func:`resolve_channels_last`; ``TrainConfig``'s default).
     """
+    unet = getattr(pipe, "unet", None)
+    if not isinstance(unet, torch.nn.Module):
+        raise TypeError(f"pipe must be a pipeline with a torch UNet at pipe.unet, got {type(pipe).__name__}")
+    if channels_last is None:
+        channels_last = resolve_channels_last(None, next(unet.parameters()).device)
     flags = {k: _check_flag(k, v) for k, v in dict(channels_last=channels_last, gradient_checkpointing=gradient_checkpointing,
                                                       prompt_cache=prompt_cache, compile=compile).items()}
     if compile_kwargs is not None and not isinstance(compile_kwargs, dict):
         raise TypeError(f"compile_kwargs must be a dict of torch.compile options or None, got {type(compile_kwargs).__name__}")
-    unet = getattr(pipe, "unet", None)
-    if not isinstance(unet, torch.nn.Module):
-        raise TypeError(f"pipe must be a pipeline with a torch UNet at pipe.unet, got {type(pipe).__name__}")
     if flags["channels_last"]:
         unet.to(memory_format=torch.channels_last)
     if flags["gradient_checkpointing"]:

@@ -132,8 +132,8 @@ class Trainer:
             if m is not None:
                 m.requires_grad_(False)
                 m.eval()
-        apply_speedups(pipe, channels_last=config.channels_last, gradient_checkpointing=config.gradient_checkpointing,
-                       prompt_cache=config.prompt_cache, compile=config.compile_unet)  # all off by default
+        self.speedups = apply_speedups(pipe, channels_last=config.channels_last, gradient_checkpointing=config.gradient_checkpointing,
+                                       prompt_cache=config.prompt_cache, compile=config.compile_unet)  # channels_last on a CPU; the rest off
         unet = pipe.unet
         unet.eval()  # no dropout: re-scoring at θ_old reproduces the sampling log-probs
         self.is_latent = getattr(pipe, "vae", None) is not None

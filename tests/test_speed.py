@@ -155,7 +155,7 @@ def test_bad_inputs(pipe):
 
 
 def test_trainconfig_speed_fields_reach_the_pipeline():
-    """TrainConfig's speed options are applied by the Trainer (all off by default) and checked."""
+    """TrainConfig's speed options are applied by the Trainer (channels_last on for a CPU by default, the rest off) and checked."""
     from pxpo_lite.train_config import check_config
 
     with pytest.raises(ValueError, match="channels_last"):
@@ -167,6 +167,25 @@ def test_trainconfig_speed_fields_reach_the_pipeline():
     assert pipe.unet.is_gradient_checkpointing
     w = next(p for p in pipe.unet.parameters() if p.ndim == 4)
     assert w.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_is_chosen_by_the_device_unless_given():
+    """channels_last=None (TrainConfig's default): NHWC on a CPU (measured faster), NCHW on a GPU (unmeasured)."""
+    from pxpo_lite.speed import resolve_channels_last
+
+    assert resolve_channels_last(None, "cpu") is True and resolve_channels_last(None, torch.device("cuda")) is False
+    assert resolve_channels_last(False, "cpu") is False and resolve_channels_last(True, "cuda") is True
+    with pytest.raises(TypeError, match="channels_last must be True or False"):
+        resolve_channels_last(1, "cpu")
+    assert TrainConfig().channels_last is None
+    cfg = dict(num_steps=3, samples_per_epoch=2, sample_batch_size=2, train_batch_size=2, per_prompt_stats=False, progress=False)
+    for given, expected in ((None, True), (False, False)):
+        p = pxpo_lite.build_tiny_pipeline(seed=0)
+        tr = Trainer(p, "blue", TrainConfig(**cfg, channels_last=given))
+        conv = next(w for w in p.unet.parameters() if w.ndim == 4 and w.shape[-1] > 1)
+        assert tr.speedups["channels_last"] is expected
+        assert conv.is_contiguous(memory_format=torch.channels_last) is expected
+    assert apply_speedups(pxpo_lite.build_tiny_pipeline(seed=0), channels_last=None)["channels_last"] is True
 
 
 def test_bench_cheaper_gradients_worker_measures_time_memory_and_reward(monkeypatch):
