@@ -51,8 +51,9 @@ OPTIONS = {
     "prompt_cache": {"prompt_cache": True},
     "channels_last+cache": {"channels_last": True, "prompt_cache": True},
 }
+#: channels_last=False: the NCHW layout as the baseline (the CPU default is NHWC), so the channels_last rows measure it
 BASE = dict(num_steps=10, samples_per_epoch=16, sample_batch_size=16, train_batch_size=8, use_lora=False, seed=0,
-            progress=False)
+            progress=False, channels_last=False)
 EVAL_SEED = 1234
 EVAL_N = 16
 

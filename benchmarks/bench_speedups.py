@@ -62,9 +62,9 @@ def setup(model: str):
     """(pipe, config, prompts) for one model."""
     if model == "tiny":
         cfg = TrainConfig(method="ddpo", num_steps=10, samples_per_epoch=16, sample_batch_size=16, train_batch_size=8,
-                          use_lora=False, progress=False, timestep_batch=1)
+                          use_lora=False, progress=False, timestep_batch=1, channels_last=False)
         return load_tiny_pipeline(), cfg, None
-    return build_tiny_sd_pipeline(0), train_config_from_trl(PEER, method="ddpo", progress=False, timestep_batch=1), PROMPTS
+    return build_tiny_sd_pipeline(0), train_config_from_trl(PEER, method="ddpo", progress=False, timestep_batch=1, channels_last=False), PROMPTS
 
 
 def make_trainer(base, cfg: TrainConfig, prompts, **options):

@@ -121,6 +121,8 @@ OURS = {
     "ddpo-1": ("ddpo", {"timestep_batch": 1}, "ours, DDPO, one timestep per UNet forward (TRL's loop)"),
     "ddpo-nchw": ("ddpo", {"channels_last": False}, "ours, DDPO, the UNet in the default NCHW layout (channels_last off; "
                                                      "the default turns it on for a CPU)"),
+    "ddpo-plain": ("ddpo", {"channels_last": False, "lora_merged_sampling": False},
+                   "ours, DDPO, without the two CPU defaults (NCHW convolutions, LoRA unmerged in sampling)"),
     "ddpo-fast": ("ddpo", {"channels_last": True, "prompt_cache": True}, "ours, DDPO + channels_last + prompt cache"),
     "pxpo-fast": ("pxpo", {"channels_last": True, "prompt_cache": True}, "ours, PXPO + channels_last + prompt cache"),
 }
@@ -134,6 +136,8 @@ RATIOS = [
     ("ours_ddpo_one_timestep_per_forward_over_trl", "ddpo-1", "trl"),
     ("ours_ddpo_nchw_over_trl", "ddpo-nchw", "trl"),
     ("ours_ddpo_over_ours_ddpo_nchw", "ddpo", "ddpo-nchw"),
+    ("ours_ddpo_plain_over_trl", "ddpo-plain", "trl"),
+    ("ours_ddpo_over_ours_ddpo_plain", "ddpo", "ddpo-plain"),
     ("ours_ddpo_fast_over_trl", "ddpo-fast", "trl"),
     ("ours_pxpo_fast_over_ours_ddpo_fast", "pxpo-fast", "ddpo-fast"),
 ]
@@ -175,7 +179,7 @@ def worker_ours(folder: str, epochs: int, arm: str, layout: str = "4x4") -> dict
     last = trainer.metrics[-1]
     return {"epoch_s": times, "phases": phases,
             "layout_used": {"sample_batch_size": last["sample_batch_size"], "timestep_batch": last["timestep_batch"],
-                            "channels_last": trainer.speedups["channels_last"]}}
+                            "channels_last": trainer.speedups["channels_last"], "lora_merged_sampling": trainer.merge_for_sampling}}
 
 
 def worker_trl(folder: str, epochs: int, layout: str = "4x4") -> dict:
@@ -228,7 +232,7 @@ def worker_trl(folder: str, epochs: int, layout: str = "4x4") -> dict:
             phases.append({"sampling": spent["sampling"], "reward": spent["reward"],
                            "advantages": dt - sum(spent.values()), "update": spent["update"]})
     return {"epoch_s": times, "phases": phases,
-            "layout_used": {"sample_batch_size": config.sample_batch_size, "timestep_batch": 1, "channels_last": False}}
+            "layout_used": {"sample_batch_size": config.sample_batch_size, "timestep_batch": 1, "channels_last": False, "lora_merged_sampling": False}}
 
 
 def run_worker(python: str, which: str, folder: Path, epochs: int, threads: int, layout: str) -> dict:

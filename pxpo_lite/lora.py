@@ -19,6 +19,7 @@ Introduced in ``notebooks/02_ddpo.ipynb`` (trainer option) and ``notebooks/08_*`
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Sequence
 import torch
 from accelerate.utils import extract_model_from_parallel
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -176,6 +178,39 @@ def merge_and_unload(model: torch.nn.Module) -> torch.nn.Module:
     model.fuse_lora()
     model.unload_lora()
     return model
+
+
+@contextlib.contextmanager
+def merged_adapters(model: torch.nn.Module, enabled: bool = True):
+    """For the ``with`` block, run every LoRA layer of ``model`` with ΔW merged into a copy of its base
+    weights (peft's ``merge``), for no-grad sampling; afterwards the layers get their original weight
+    tensors back, untouched bit for bit, and run the adapters again (trainable as before).
+
+    A merged layer is one matrix product instead of three and saves peft's per-layer work: sampling
+    on a CPU is ~10 % faster on the small model of ``benchmarks/bench_vs_trl.py``
+    (``benchmarks/probe_small_model.py``). Outputs equal the unmerged ones to float rounding.
+    ``TrainConfig.lora_merged_sampling`` switches it for the Trainer's sampling; ``enabled=False``
+    (or a model without adapters) does nothing.
+    """
+    model = unwrap(model)
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged] if enabled else []
+    saved = []
+    try:
+        with torch.no_grad():
+            for m in layers:
+                base = m.get_base_layer()
+                saved.append((base, base.weight, base.bias))
+                base.weight = torch.nn.Parameter(base.weight.detach().clone(), requires_grad=False)
+                if base.bias is not None:  # peft merges a LoRA bias (lora_bias=True) into it
+                    base.bias = torch.nn.Parameter(base.bias.detach().clone(), requires_grad=False)
+                m.merge()
+        yield model
+    finally:
+        for m in layers:
+            if m.merged:
+                m.unmerge()  # clears peft's bookkeeping; the arithmetic lands on the copies
+        for base, weight, bias in saved:
+            base.weight, base.bias = weight, bias
 
 
 def base_fingerprint(unet: torch.nn.Module) -> str:

@@ -44,7 +44,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["PromptEmbeddingCache", "apply_speedups", "resolve_channels_last", "enable_prompt_cache", "disable_prompt_cache"]
+__all__ = ["PromptEmbeddingCache", "apply_speedups", "resolve_cpu_default", "enable_prompt_cache", "disable_prompt_cache"]
 
 
 class PromptEmbeddingCache:
@@ -141,13 +141,14 @@ def _check_flag(name: str, value) -> bool:
     return value
 
 
-def resolve_channels_last(channels_last: bool | None, device) -> bool:
-    """``channels_last`` as given, or for None the automatic rule: on when the UNet runs on a CPU (measured
-    faster there in every run of ``benchmarks/bench_speedups.py`` and ``benchmarks/bench_vs_trl.py``),
-    off elsewhere (on a GPU it is not measured here)."""
-    if channels_last is None:
+def resolve_cpu_default(name: str, value: bool | None, device) -> bool:
+    """A CPU speed option (``TrainConfig.channels_last``, ``TrainConfig.lora_merged_sampling``) as given, or
+    for None the automatic rule: on when the UNet runs on a CPU (measured faster there:
+    ``benchmarks/bench_speedups.py``, ``benchmarks/bench_vs_trl.py``, ``benchmarks/probe_small_model.py``),
+    off elsewhere (on a GPU neither is measured here)."""
+    if value is None:
         return torch.device(device).type == "cpu"
-    return _check_flag("channels_last", channels_last)
+    return _check_flag(name, value)
 
 
 def apply_speedups(pipe, *, channels_last: bool | None = False, gradient_checkpointing: bool = False,
@@ -159,13 +160,13 @@ def apply_speedups(pipe, *, channels_last: bool | None = False, gradient_checkpo
     and its forward, compiled at the first call); ``channels_last`` converts the weights present
     now (adapter convolutions added later keep the default layout: correct, a little less gain).
     ``compile_kwargs`` go to ``torch.compile`` (e.g. ``{"dynamic": False}``). ``channels_last=None``
-    chooses by the UNet's device (:func:`resolve_channels_last`; ``TrainConfig``'s default).
+    chooses by the UNet's device (:func:`resolve_cpu_default`; ``TrainConfig``'s default).
     """
     unet = getattr(pipe, "unet", None)
     if not isinstance(unet, torch.nn.Module):
         raise TypeError(f"pipe must be a pipeline with a torch UNet at pipe.unet, got {type(pipe).__name__}")
     if channels_last is None:
-        channels_last = resolve_channels_last(None, next(unet.parameters()).device)
+        channels_last = resolve_cpu_default("channels_last", None, next(unet.parameters()).device)
     flags = {k: _check_flag(k, v) for k, v in dict(channels_last=channels_last, gradient_checkpointing=gradient_checkpointing,
                                                       prompt_cache=prompt_cache, compile=compile).items()}
     if compile_kwargs is not None and not isinstance(compile_kwargs, dict):

@@ -55,6 +55,7 @@ class TrainConfig:
     log_with: str | None = None  # optional accelerate tracker ("tensorboard", "wandb") if installed; never required
     progress: bool = True  # tqdm progress bar over epochs
     channels_last: bool | None = None  # UNet weights in NHWC layout (speed.apply_speedups): equal to float rounding; None: on for a CPU (measured faster there), off on a GPU (not measured)
+    lora_merged_sampling: bool | None = None  # sample with the LoRA merged into copies of the weights (lora.merged_adapters): equal to float rounding, base weights untouched; None: on for a CPU (measured faster), off on a GPU (not measured)
     gradient_checkpointing: bool = False  # recompute block activations in backward: exact, less memory, slower (benchmarks/bench_cheaper_gradients.py)
     prompt_cache: bool = False  # encode each distinct prompt once (exact); pays off when prompts repeat
     compile_unet: bool = False  # torch.compile the UNet: minutes of compiling on a CPU before it pays off
@@ -136,8 +137,9 @@ def check_config(config: TrainConfig, num_processes: int = 1) -> None:
         )
     for name in ("per_prompt_stats", "gradient_checkpointing", "prompt_cache", "compile_unet", "progress"):
         check_bool(name, getattr(c, name))
-    if c.channels_last is not None:
-        check_bool("channels_last (None: automatic, on for a CPU)", c.channels_last)
+    for name in ("channels_last", "lora_merged_sampling"):
+        if getattr(c, name) is not None:
+            check_bool(f"{name} (None: automatic, on for a CPU)", getattr(c, name))
     if c.use_lora is not None and not isinstance(c.use_lora, bool):  # "no" is truthy: it would train LoRA
         raise ValueError(f"use_lora must be True, False or None (LoRA for SD, the full UNet for the tiny model), "
                          f"got {c.use_lora!r}")

@@ -57,7 +57,7 @@ from .pixelwise import to_sample_grid
 from .regions import MultiChannelReward
 from .memory import sampling_batch_size
 from .sampling import Trajectory, sample
-from .speed import apply_speedups
+from .speed import apply_speedups, resolve_cpu_default
 from .steps import trainable_steps
 from .train_config import TrainConfig, check_config
 from .trainer_checkpoint import TRAINER_KIND as CHECKPOINT_KIND, load_trainer_checkpoint, save_trainer_checkpoint
@@ -94,12 +94,10 @@ class Trainer:
 
     ``train(epochs, callback)`` returns ``self.metrics``, a list with one plain dict per epoch.
 
-    LoRA or full UNet (``use_lora=None`` picks): Stable Diffusion gets rank-4 LoRA on the
-    attention projections, as DDPO. The tiny model trains all its weights: on "less blue"
-    (DDPO, 25 epochs × 16 samples, same seeds) the full UNet at lr 1e-4 reached the reward
-    ceiling in ~15 epochs, rank-4 LoRA (``lora.TINY_TARGETS``) needed ~25 at lr 1e-3 and barely
-    moved at DDPO's 3e-4, and was not faster per step (at 1.4 M parameters LoRA saves memory,
-    not time).
+    LoRA or full UNet (``use_lora=None`` picks): Stable Diffusion gets rank-4 LoRA on the attention
+    projections, as DDPO. The tiny model trains all its weights: on "less blue" (DDPO, 25 epochs × 16
+    samples, same seeds) the full UNet at lr 1e-4 reached the reward ceiling in ~15 epochs, rank-4 LoRA
+    (``lora.TINY_TARGETS``) needed ~25 at lr 1e-3, barely moved at 3e-4 and was not faster per step.
     """
 
     def __init__(self, pipe, reward_fn, config: TrainConfig | None = None, prompts=None, accelerator=None, keep_weights=None):
@@ -111,10 +109,7 @@ class Trainer:
         self.keep_weights = keep_weights
         self.steps = trainable_steps(pipe, config.num_steps, config.eta)  # indices with σ_t > 0 (ValueError if none)
         if accelerator is None:
-            kwargs = {"mixed_precision": config.mixed_precision}
-            if config.log_with:
-                kwargs["log_with"] = config.log_with
-            accelerator = Accelerator(**kwargs)
+            accelerator = Accelerator(mixed_precision=config.mixed_precision, **({"log_with": config.log_with} if config.log_with else {}))
             check_config(config, accelerator.num_processes)  # the process count is known now
             if config.log_with:
                 accelerator.init_trackers("pxpo-lite", config=config.to_dict())
@@ -147,6 +142,9 @@ class Trainer:
             self.lora_config = None
             unet.requires_grad_(True)
             self.params = [p for p in unet.parameters() if p.requires_grad]
+        # sampling with the adapters merged into copies of the weights (lora.merged_adapters): by default on a CPU
+        self.merge_for_sampling = self.use_lora and not config.compile_unet and resolve_cpu_default(
+            "lora_merged_sampling", config.lora_merged_sampling, accelerator.device)
         # the keep term's reference: LoRA -> the same UNet with adapters off; full UNet -> a frozen copy, made once, now
         self.reference_unet = keep_lib.frozen_copy(unet) if config.keep_beta > 0 and not self.use_lora else None
         lr = config.learning_rate if config.learning_rate is not None else (3e-4 if self.use_lora else 1e-4)
@@ -204,8 +202,9 @@ class Trainer:
             prompts = self._draw_prompts(n or self.local_samples, generator)
         prompts = list(prompts)
         self.last_sampling_batch_size = bs = self.sampling_batch_size(len(prompts), prompts)
-        traj = sample(self.pipe, prompts, num_steps=c.num_steps, eta=c.eta, guidance_scale=c.guidance_scale,
-                      generator=generator, progress=False, batch_size=bs)
+        with lora.merged_adapters(self.pipe.unet, self.merge_for_sampling):
+            traj = sample(self.pipe, prompts, num_steps=c.num_steps, eta=c.eta, guidance_scale=c.guidance_scale,
+                          generator=generator, progress=False, batch_size=bs)
         return traj, self._rewards(traj.images, traj.prompts)
 
     def compute_advantages(self, prompts: list[str], rewards: torch.Tensor, sample_grid: tuple[int, int]):

@@ -92,3 +92,33 @@ def test_wrapped_model_gets_clean_keys_and_merges(tmp_path):
         assert torch.equal(v, lora.lora_state_dict(unet)[k])
     lora.merge_and_unload(wrapped)
     assert not lora.has_lora(unet)
+
+
+@pytest.mark.parametrize("targets", [lora.SD_TARGETS, lora.TINY_TARGETS])
+def test_merged_adapters_for_sampling_restore_the_weights_bit_for_bit(targets):
+    """lora.merged_adapters: the adapted output to float rounding inside the block; afterwards the very
+    same weight tensors, unchanged, the adapters active and trainable (also when the block raises)."""
+    unet = adapted(targets=targets).to(memory_format=torch.channels_last)
+    before = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    objects = {n: p for n, p in unet.named_parameters()}
+    ref = output(unet)
+    with lora.merged_adapters(unet):
+        layers = [m for m in unet.modules() if isinstance(m, lora.LoraLayer)]
+        assert layers and all(m.merged for m in layers)
+        torch.testing.assert_close(output(unet), ref, atol=1e-5, rtol=1e-5)
+    for _ in range(2):  # twice: nothing accumulates
+        with pytest.raises(RuntimeError, match="boom"), lora.merged_adapters(unet):
+            raise RuntimeError("boom")
+    after = dict(unet.named_parameters())
+    assert after.keys() == objects.keys() and all(after[n] is objects[n] for n in after)
+    assert all(torch.equal(after[n], before[n]) for n in after)
+    assert not any(m.merged for m in layers)
+    assert torch.equal(output(unet), ref)
+    assert all(p.requires_grad for p in lora.lora_parameters(unet))
+    x, t, c = inputs()
+    unet(x, t, encoder_hidden_states=c).sample.square().mean().backward()
+    assert all(p.grad is not None for p in lora.lora_parameters(unet))
+    with lora.merged_adapters(unet, enabled=False):  # off: nothing is touched
+        assert not any(m.merged for m in layers) and all(p is objects[n] for n, p in unet.named_parameters())
+    with lora.merged_adapters(tiny_unet()):  # no adapters: nothing to do
+        pass

@@ -169,23 +169,48 @@ def test_trainconfig_speed_fields_reach_the_pipeline():
     assert w.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_channels_last_is_chosen_by_the_device_unless_given():
-    """channels_last=None (TrainConfig's default): NHWC on a CPU (measured faster), NCHW on a GPU (unmeasured)."""
-    from pxpo_lite.speed import resolve_channels_last
+def test_cpu_speed_options_are_chosen_by_the_device_unless_given():
+    """channels_last / lora_merged_sampling = None (TrainConfig's defaults): on for a CPU (measured faster),
+    off on a GPU (unmeasured); the Trainer applies what they resolve to."""
+    from pxpo_lite.speed import resolve_cpu_default
 
-    assert resolve_channels_last(None, "cpu") is True and resolve_channels_last(None, torch.device("cuda")) is False
-    assert resolve_channels_last(False, "cpu") is False and resolve_channels_last(True, "cuda") is True
+    assert resolve_cpu_default("x", None, "cpu") is True and resolve_cpu_default("x", None, torch.device("cuda")) is False
+    assert resolve_cpu_default("x", False, "cpu") is False and resolve_cpu_default("x", True, "cuda") is True
     with pytest.raises(TypeError, match="channels_last must be True or False"):
-        resolve_channels_last(1, "cpu")
-    assert TrainConfig().channels_last is None
+        resolve_cpu_default("channels_last", 1, "cpu")
+    assert TrainConfig().channels_last is None and TrainConfig().lora_merged_sampling is None
+    from pxpo_lite.train_config import check_config
+
+    with pytest.raises(ValueError, match="lora_merged_sampling"):
+        check_config(TrainConfig(lora_merged_sampling="yes"))
     cfg = dict(num_steps=3, samples_per_epoch=2, sample_batch_size=2, train_batch_size=2, per_prompt_stats=False, progress=False)
     for given, expected in ((None, True), (False, False)):
         p = pxpo_lite.build_tiny_pipeline(seed=0)
-        tr = Trainer(p, "blue", TrainConfig(**cfg, channels_last=given))
-        conv = next(w for w in p.unet.parameters() if w.ndim == 4 and w.shape[-1] > 1)
-        assert tr.speedups["channels_last"] is expected
+        tr = Trainer(p, "blue", TrainConfig(**cfg, channels_last=given, lora_merged_sampling=given, use_lora=True))
+        conv = next(w for n, w in p.unet.named_parameters() if w.ndim == 4 and w.shape[-1] > 1 and "lora_" not in n)
+        assert tr.speedups["channels_last"] is expected and tr.merge_for_sampling is expected
         assert conv.is_contiguous(memory_format=torch.channels_last) is expected
+    assert not Trainer(pxpo_lite.build_tiny_pipeline(seed=0), "blue", TrainConfig(**cfg, use_lora=False)).merge_for_sampling
     assert apply_speedups(pxpo_lite.build_tiny_pipeline(seed=0), channels_last=None)["channels_last"] is True
+
+
+def test_merged_lora_sampling_gives_the_unmerged_log_probs_to_rounding():
+    """The Trainer samples with its adapters merged (CPU default); re-scoring with them unmerged reproduces the
+    trajectory's log-probs to float rounding, and an epoch leaves the base weights exactly as they were."""
+    from pxpo_lite import lora
+    from pxpo_lite.sampling import rescore
+
+    cfg = dict(num_steps=3, samples_per_epoch=4, sample_batch_size=4, train_batch_size=2, per_prompt_stats=False,
+               progress=False, use_lora=True, learning_rate=1e-2)
+    p = pxpo_lite.build_tiny_pipeline(seed=0)
+    tr = Trainer(p, "blue", TrainConfig(**cfg))
+    assert tr.merge_for_sampling
+    base = {n: w.detach().clone() for n, w in p.unet.named_parameters() if "lora_" not in n}
+    tr.train(1)  # adapters move away from zero
+    assert all(torch.equal(w, base[n]) for n, w in p.unet.named_parameters() if "lora_" not in n)
+    traj, _ = tr.sample_and_score(n=4)
+    assert not any(m.merged for m in p.unet.modules() if isinstance(m, lora.LoraLayer))
+    torch.testing.assert_close(rescore(p, traj), traj.log_probs, atol=1e-4, rtol=1e-4)
 
 
 def test_bench_cheaper_gradients_worker_measures_time_memory_and_reward(monkeypatch):
