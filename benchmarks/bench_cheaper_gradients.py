@@ -51,9 +51,9 @@ OPTIONS = {
     "prompt_cache": {"prompt_cache": True},
     "channels_last+cache": {"channels_last": True, "prompt_cache": True},
 }
-#: channels_last=False: the NCHW layout as the baseline (the CPU default is NHWC), so the channels_last rows measure it
+#: the two CPU defaults off (NCHW, LoRA unmerged in sampling): the baseline the published rows were measured against
 BASE = dict(num_steps=10, samples_per_epoch=16, sample_batch_size=16, train_batch_size=8, use_lora=False, seed=0,
-            progress=False, channels_last=False)
+            progress=False, channels_last=False, lora_merged_sampling=False)
 EVAL_SEED = 1234
 EVAL_N = 16
 

@@ -9,7 +9,8 @@ steps, train batch 8, full UNet) and the tiny Stable Diffusion pipeline built in
 2. **Speed-ups** (``pxpo_lite.speed.apply_speedups``), each a separate copy of the same pipeline,
    timed in interleaved repetitions (base, option 1, option 2, base, ...; medians; ratio =
    base time ÷ option time, > 1 is faster; this process's CPU time, which other jobs on a shared
-   machine disturb far less than wall time, and wall time): ``channels_last``; ``prompt_cache`` (text
+   machine disturb far less than wall time, and wall time): ``channels_last``; ``lora_merged_sampling``
+   (sampling with the LoRA merged into copies of the weights; the tiny model has no LoRA); ``prompt_cache`` (text
    embeddings once per prompt); ``bf16_autocast`` (the whole epoch, sampling and update, under
    ``torch.autocast("cpu", torch.bfloat16)``) and bf16 autocast of one UNet forward+backward;
    with ``--compile``, ``torch.compile`` of the UNet (first epoch = compile time, then steady state);
@@ -64,7 +65,8 @@ def setup(model: str):
         cfg = TrainConfig(method="ddpo", num_steps=10, samples_per_epoch=16, sample_batch_size=16, train_batch_size=8,
                           use_lora=False, progress=False, timestep_batch=1, channels_last=False)
         return load_tiny_pipeline(), cfg, None
-    return build_tiny_sd_pipeline(0), train_config_from_trl(PEER, method="ddpo", progress=False, timestep_batch=1, channels_last=False), PROMPTS
+    return build_tiny_sd_pipeline(0), train_config_from_trl(PEER, method="ddpo", progress=False, timestep_batch=1, channels_last=False,
+                                                              lora_merged_sampling=False), PROMPTS
 
 
 def make_trainer(base, cfg: TrainConfig, prompts, **options):
@@ -183,6 +185,7 @@ def main(argv=None) -> dict:
     variants = {"base": {}, "channels_last": {"channels_last": True}, "prompt_cache": {"prompt_cache": True},
                 "bf16_autocast": {"bf16": True},
                 "timestep_batch": {"config": {"timestep_batch": None}},  # the default: several timesteps per forward
+                "lora_merged_sampling": {"config": {"lora_merged_sampling": True}},  # tiny SD's LoRA merged in sampling (tiny: no LoRA)
                 "sample_batch_16": {"config": {"sample_batch_size": 16}}}  # the epoch in one sampling call
     if a.compile:
         variants = {"base": {}, "compile": {"compile": True, "compile_kwargs": {"dynamic": False}}}

@@ -107,6 +107,7 @@ def probe_timestep_batch(pipe, traj, reps: int) -> None:
     print("\n2. one epoch's update phase (4 micro-batches × 20 timesteps, guided)")
     for k, ts in times.items():
         print(f"   timestep_batch={k}: {spread(ts)}")
+    return times
 
 
 def probe_merged_sampling(pipe, reps: int) -> None:
@@ -129,11 +130,13 @@ def probe_merged_sampling(pipe, reps: int) -> None:
     print("\n3. one sampling call of 16 (20 steps, guidance 5)")
     for name, ts in times.items():
         print(f"   {name}: {spread(ts)}")
+    return times
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--size", choices=["tiny", "small"], default="small", help="bench_vs_trl.py's model (tiny: a quick check)")
     args = ap.parse_args(argv)
     from bench_vs_trl import build_pipeline
 
@@ -141,16 +144,17 @@ def main(argv=None) -> None:
     from pxpo_lite.sampling import sample
 
     torch.set_num_threads(1)
-    pipe = build_pipeline("small")
+    pipe = build_pipeline(args.size)
     pipe.unet.eval()
     add_lora(pipe.unet, rank=4, target_modules=SD_TARGETS)
     pipe.unet.to(memory_format=torch.channels_last)
     traj = sample(pipe, PROMPTS, num_steps=20, eta=1.0, guidance_scale=5.0, generator=torch.Generator().manual_seed(0),
                   progress=False)
-    print(f"small model, one thread, torch {torch.__version__}, {args.reps} repetitions")
-    probe_attention(attention_shapes(pipe, traj), args.reps)
-    probe_timestep_batch(pipe, traj, args.reps)
-    probe_merged_sampling(pipe, args.reps)
+    print(f"{args.size} model, one thread, torch {torch.__version__}, {args.reps} repetitions")
+    shapes = attention_shapes(pipe, traj)
+    probe_attention(shapes, args.reps)
+    return {"attention_shapes": shapes, "timestep_batch_s": probe_timestep_batch(pipe, traj, args.reps),
+            "sampling_s": probe_merged_sampling(pipe, args.reps)}
 
 
 if __name__ == "__main__":

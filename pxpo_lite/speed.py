@@ -9,6 +9,8 @@ on the tiny model). :func:`apply_speedups` switches on, in place:
 
 * ``channels_last`` — the UNet's convolution weights in NHWC memory layout (oneDNN's preferred
   layout on CPU). Same maths, other summation order: results agree to float32 rounding.
+  ``None`` (``TrainConfig``'s default) turns it on for a CPU and leaves it off on a GPU
+  (:func:`resolve_cpu_default`; unmeasured on a GPU).
 * ``gradient_checkpointing`` — diffusers' ``unet.enable_gradient_checkpointing()``: the
   activations of each ResNet/attention block are recomputed in the backward pass instead of
   kept, trading one extra forward per block for memory. Exact (the tiny UNet has no dropout and
@@ -22,13 +24,18 @@ on the tiny model). :func:`apply_speedups` switches on, in place:
   each new input shape compiles for minutes on a CPU, so it is off by default and pays off only
   in long runs (``benchmarks/bench_speedups.py --compile`` measures both).
 
+Not here but in :mod:`pxpo_lite.lora`: ``TrainConfig.lora_merged_sampling`` (``None``: on for a CPU)
+samples with the LoRA adapters merged into copies of their weights (:func:`pxpo_lite.lora.merged_adapters`),
+~10 % faster sampling on the small SD model of ``benchmarks/bench_vs_trl.py``.
+
 Reduced precision is not an option here: it is ``TrainConfig.mixed_precision`` (accelerate's
 autocast); the benchmark measures bf16 autocast on the CPU it runs on.
 
 Measured on a 2-core CPU, one thread, ratio of epoch CPU time off ÷ on (noise about ±5 %):
-``channels_last`` 1.08 (tiny model) and 1.14 (tiny SD, peer config) on a shared machine, 1.01 and
-1.02 on the quiet one; ``prompt_cache`` 1.08 on tiny SD when shared, 0.99 when quiet (4 prompts:
-5 rows encoded, 155 served from the cache) and nothing measurable on the tiny model (its prompts
+``channels_last`` 1.12 (tiny model) and 1.08 (tiny SD, peer config) on the quiet machine (2026-12-07;
+earlier runs: 1.08 / 1.14 on a shared machine, 1.01 / 1.02 quiet; 0.99–1.08 per epoch beside TRL in
+``bench_vs_trl.py``'s ``ddpo-nchw`` arm) — hence on for a CPU; ``prompt_cache`` 1.08 on tiny SD when
+shared, 0.99 when quiet (4 prompts: 5 rows encoded, 155 served from the cache) and nothing measurable on the tiny model (its prompts
 rarely repeat); bf16 autocast 0.78–0.79 on tiny SD (slower: this CPU has no bf16 instructions);
 ``compile``: first epoch 1,313 s instead of 40 s, then 1.10 (wall) — off.
 Gradient checkpointing: 41 % less memory growth in training, 0.66–0.71× the epoch speed.

@@ -271,3 +271,24 @@ def test_profile_sampling_splits_a_call_into_unet_vae_and_the_rest():
     finally:
         torch.set_num_threads(n)
     assert 0 < row["unet_s"] < row["wall_s"] and 0 < row["vae_s"] < row["wall_s"] and row["other_s"] > 0
+
+
+def test_probe_small_model_measures_its_three_candidates(capsys):
+    """benchmarks/probe_small_model.py (quoted in the README), on the tiny model, one repetition."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "probe_small_model", Path(__file__).resolve().parents[1] / "benchmarks" / "probe_small_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n = torch.get_num_threads()
+    try:
+        out = mod.main(["--size", "tiny", "--reps", "1"])
+    finally:
+        torch.set_num_threads(n)
+    assert out["attention_shapes"] and all(len(q) == 4 and len(k) == 4 for q, k in out["attention_shapes"])
+    assert set(out["timestep_batch_s"]) == {16, 20} and all(len(v) == 1 and v[0] > 0 for v in out["timestep_batch_s"].values())
+    assert len(out["sampling_s"]) == 2 and all(len(v) == 1 and v[0] > 0 for v in out["sampling_s"].values())
+    printed = capsys.readouterr().out
+    assert "flash" in printed and "timestep_batch=20" in printed and "merged" in printed
