@@ -256,37 +256,30 @@ def test_bench_vs_trl_arms_map_to_valid_configs(monkeypatch):
     assert all({num, den} <= {"trl", *bench.OURS} for _, num, den in bench.RATIOS)
 
 
-def test_profile_sampling_splits_a_call_into_unet_vae_and_the_rest():
-    """benchmarks/profile_sampling.py (quoted in the README): the parts add up to the wall time."""
+def run_benchmark_main(name: str, argv: list[str]):
+    """``benchmarks/<name>.py``'s ``main(argv)`` in this process; torch's thread count restored after."""
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "profile_sampling", Path(__file__).resolve().parents[1] / "benchmarks" / "profile_sampling.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     n = torch.get_num_threads()
     try:
-        (row,) = mod.main(["--size", "tiny", "--images", "2", "--reps", "1"])
+        return mod.main(argv)
     finally:
         torch.set_num_threads(n)
+
+
+def test_profile_sampling_splits_a_call_into_unet_vae_and_the_rest():
+    """benchmarks/profile_sampling.py (quoted in the README): the parts add up to the wall time."""
+    (row,) = run_benchmark_main("profile_sampling", ["--size", "tiny", "--images", "2", "--reps", "1"])
     assert 0 < row["unet_s"] < row["wall_s"] and 0 < row["vae_s"] < row["wall_s"] and row["other_s"] > 0
 
 
 def test_probe_small_model_measures_its_three_candidates(capsys):
     """benchmarks/probe_small_model.py (quoted in the README), on the tiny model, one repetition."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "probe_small_model", Path(__file__).resolve().parents[1] / "benchmarks" / "probe_small_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    n = torch.get_num_threads()
-    try:
-        out = mod.main(["--size", "tiny", "--reps", "1"])
-    finally:
-        torch.set_num_threads(n)
+    out = run_benchmark_main("probe_small_model", ["--size", "tiny", "--reps", "1"])
     assert out["attention_shapes"] and all(len(q) == 4 and len(k) == 4 for q, k in out["attention_shapes"])
     assert set(out["timestep_batch_s"]) == {16, 20} and all(len(v) == 1 and v[0] > 0 for v in out["timestep_batch_s"].values())
     assert len(out["sampling_s"]) == 2 and all(len(v) == 1 and v[0] > 0 for v in out["sampling_s"].values())
