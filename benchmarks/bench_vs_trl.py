@@ -123,8 +123,8 @@ OURS = {
                                                      "the default turns it on for a CPU)"),
     "ddpo-plain": ("ddpo", {"channels_last": False, "lora_merged_sampling": False},
                    "ours, DDPO, without the two CPU defaults (NCHW convolutions, LoRA unmerged in sampling)"),
-    "ddpo-fast": ("ddpo", {"channels_last": True, "prompt_cache": True}, "ours, DDPO + channels_last + prompt cache"),
-    "pxpo-fast": ("pxpo", {"channels_last": True, "prompt_cache": True}, "ours, PXPO + channels_last + prompt cache"),
+    "ddpo-fast": ("ddpo", {"channels_last": True, "prompt_cache": True}, "ours, DDPO + prompt cache (channels_last explicit: the CPU default)"),
+    "pxpo-fast": ("pxpo", {"channels_last": True, "prompt_cache": True}, "ours, PXPO + prompt cache (channels_last explicit: the CPU default)"),
 }
 DEFAULT_ARMS = ("trl", "ddpo", "pxpo")
 #: the ratios printed and saved: (name, numerator arm, denominator arm)

@@ -194,7 +194,7 @@ def test_cpu_speed_options_are_chosen_by_the_device_unless_given():
     assert apply_speedups(pxpo_lite.build_tiny_pipeline(seed=0), channels_last=None)["channels_last"] is True
 
 
-def test_merged_lora_sampling_gives_the_unmerged_log_probs_to_rounding():
+def test_merged_lora_sampling_gives_the_unmerged_log_probs_to_rounding(monkeypatch):
     """The Trainer samples with its adapters merged (CPU default); re-scoring with them unmerged reproduces the
     trajectory's log-probs to float rounding, and an epoch leaves the base weights exactly as they were."""
     from pxpo_lite import lora
@@ -205,10 +205,18 @@ def test_merged_lora_sampling_gives_the_unmerged_log_probs_to_rounding():
     p = pxpo_lite.build_tiny_pipeline(seed=0)
     tr = Trainer(p, "blue", TrainConfig(**cfg))
     assert tr.merge_for_sampling
+    merged_during_sampling, inner = [], lora.merged_adapters
+
+    def spy(model, enabled=True):
+        merged_during_sampling.append(enabled)
+        return inner(model, enabled)
+
+    monkeypatch.setattr(lora, "merged_adapters", spy)
     base = {n: w.detach().clone() for n, w in p.unet.named_parameters() if "lora_" not in n}
     tr.train(1)  # adapters move away from zero
     assert all(torch.equal(w, base[n]) for n, w in p.unet.named_parameters() if "lora_" not in n)
     traj, _ = tr.sample_and_score(n=4)
+    assert merged_during_sampling and all(merged_during_sampling)  # every sampling call ran merged
     assert not any(m.merged for m in p.unet.modules() if isinstance(m, lora.LoraLayer))
     torch.testing.assert_close(rescore(p, traj), traj.log_probs, atol=1e-4, rtol=1e-4)
 
